@@ -1,0 +1,1 @@
+"""Statistics best computed where the raw events are: scores, drift, quality, rates."""

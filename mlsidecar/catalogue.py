@@ -1,0 +1,242 @@
+"""Every metric family the sidecar can expose, in one place.
+
+Names, types, labels and buckets are the contract with dashboards and alert
+rules (see docs/metrics.md, which a test keeps in step with this module).
+Collectors and user mappings register their own families through
+:func:`register`; nothing else creates metric names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+# Series that have not been updated for this long disappear from /metrics.
+NEVER = math.inf
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: what it is called, what it measures, how it is labelled."""
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    unit: str = ""
+    fed_by: str = ""
+    # How long a series may go without an update before it is hidden.
+    expire_after: float = NEVER
+    # How gauges from several processes combine (prometheus_client's modes).
+    gauge_mode: str = "mostrecent"
+    # Label values that are created at zero with the first series (see mapping).
+    zero_siblings: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.type not in (COUNTER, GAUGE, HISTOGRAM):
+            raise ValueError(f"{self.name}: unknown type {self.type!r}")
+        if self.type == HISTOGRAM:
+            if not self.buckets or list(self.buckets) != sorted(self.buckets):
+                raise ValueError(f"{self.name}: histogram needs sorted buckets")
+            if "le" in self.labels:
+                raise ValueError(f"{self.name}: 'le' is reserved for histogram buckets")
+
+    @property
+    def sample_name(self) -> str:
+        """The name of the sample for a plain counter or gauge."""
+        return self.name
+
+
+REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    """Add a family to the catalogue; registering the same definition twice is harmless."""
+    old = REGISTRY.get(family.name)
+    if old is not None and old != family:
+        raise ValueError(f"metric {family.name} is already defined differently")
+    REGISTRY[family.name] = family
+    return family
+
+
+def _f(*args, **kwargs) -> Family:
+    return register(Family(*args, **kwargs))
+
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+BATCH_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+PIPELINE_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+CHECKPOINT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+MODEL = ("model_name", "model_version")
+
+# --- model (the seed's MLModelExporter) -------------------------------------
+PREDICTIONS = _f(
+    "ml_predictions_total", COUNTER, "Predictions served, by outcome.",
+    MODEL + ("status",), fed_by="prediction",
+    zero_siblings=(("status", ("success", "error")),),
+)
+PREDICTION_LATENCY = _f(
+    "ml_prediction_latency_seconds", HISTOGRAM, "Time to serve one prediction.",
+    MODEL, LATENCY_BUCKETS, unit="seconds", fed_by="prediction",
+)
+PREDICTION_CONFIDENCE = _f(
+    "ml_prediction_confidence_score", HISTOGRAM, "Model confidence of served predictions (0-1).",
+    MODEL, CONFIDENCE_BUCKETS, fed_by="prediction (confidence)",
+)
+ACCURACY = _f(
+    "ml_model_accuracy_score", GAUGE, "Model accuracy (0-1) on a dataset or live window.",
+    MODEL + ("dataset",), fed_by="evaluation, labelled prediction", expire_after=24 * HOUR,
+)
+PRECISION = _f(
+    "ml_model_precision_score", GAUGE, "Weighted precision (0-1), as scikit-learn average='weighted'.",
+    MODEL + ("dataset",), fed_by="evaluation, labelled prediction", expire_after=24 * HOUR,
+)
+RECALL = _f(
+    "ml_model_recall_score", GAUGE, "Weighted recall (0-1), as scikit-learn average='weighted'.",
+    MODEL + ("dataset",), fed_by="evaluation, labelled prediction", expire_after=24 * HOUR,
+)
+FEATURE_DRIFT = _f(
+    "ml_feature_drift_score", GAUGE, "Drift of one input feature against its reference.",
+    MODEL + ("feature_name",), fed_by="drift, prediction (features)", expire_after=6 * HOUR,
+)
+DATA_QUALITY = _f(
+    "ml_data_quality_score", GAUGE, "Data quality score (1.0 is perfect).",
+    MODEL + ("quality_metric",), fed_by="data_quality", expire_after=6 * HOUR,
+)
+DEPLOYMENTS = _f(
+    "ml_model_deployments_total", COUNTER, "Model deployments.", MODEL, fed_by="deployment",
+)
+
+# --- training (the seed's TrainingJobExporter) -------------------------------
+JOB = ("job_name",)
+TRAINING_EPOCH = _f(
+    "ml_training_current_epoch", GAUGE, "Current training epoch.", JOB, fed_by="training",
+)
+TRAINING_LOSS = _f(
+    "ml_training_loss", GAUGE, "Latest training loss, by loss type.", JOB + ("loss_type",),
+    fed_by="training",
+)
+TRAINING_LR = _f(
+    "ml_training_learning_rate", GAUGE, "Current learning rate.", JOB, fed_by="training",
+)
+TRAINING_BATCH = _f(
+    "ml_training_batch_duration_seconds", HISTOGRAM, "Time to process one training batch.",
+    JOB, BATCH_BUCKETS, unit="seconds", fed_by="batch",
+)
+TRAINING_SAMPLES = _f(
+    "ml_training_samples_processed_total", COUNTER, "Training samples processed.", JOB,
+    fed_by="batch",
+)
+TRAINING_ITERATIONS = _f(
+    "ml_training_iterations_total", COUNTER, "Training iterations (batches) completed.", JOB,
+    fed_by="batch",
+)
+TRAINING_GPU_UTIL = _f(
+    "ml_training_gpu_utilization_percent", GAUGE, "GPU utilisation seen by a training job.",
+    JOB + ("gpu_id",), unit="percent", fed_by="gpu collector", expire_after=300.0,
+)
+TRAINING_MEMORY = _f(
+    "ml_training_memory_usage_bytes", GAUGE, "Memory used by a training job, by memory type.",
+    JOB + ("memory_type",), unit="bytes", fed_by="gpu and process collectors", expire_after=300.0,
+)
+CHECKPOINT_SIZE = _f(
+    "ml_training_checkpoint_size_bytes", GAUGE, "Size of the latest checkpoint.", JOB,
+    unit="bytes", fed_by="checkpoint",
+)
+CHECKPOINT_DURATION = _f(
+    "ml_training_checkpoint_save_duration_seconds", HISTOGRAM, "Time to save a checkpoint.",
+    JOB, CHECKPOINT_BUCKETS, unit="seconds", fed_by="checkpoint",
+)
+
+# --- data pipeline (the seed's DataPipelineExporter) -------------------------
+PIPE = ("pipeline_name",)
+PIPELINE_RECORDS = _f(
+    "ml_pipeline_records_processed_total", COUNTER, "Records processed by a pipeline stage.",
+    PIPE + ("stage", "status"), fed_by="pipeline",
+    zero_siblings=(("status", ("success", "error")),),
+)
+PIPELINE_LATENCY = _f(
+    "ml_pipeline_processing_latency_seconds", HISTOGRAM, "Time a pipeline stage took for one batch.",
+    PIPE + ("stage",), PIPELINE_BUCKETS, unit="seconds", fed_by="pipeline",
+)
+PIPELINE_QUEUE = _f(
+    "ml_pipeline_queue_size", GAUGE, "Items waiting in a pipeline queue.", PIPE + ("queue_name",),
+    fed_by="queue",
+)
+PIPELINE_ERROR_RATE = _f(
+    "ml_pipeline_error_rate", GAUGE, "Share of records in error over the sliding window (0-1).",
+    PIPE + ("stage",), fed_by="pipeline (derived)",
+)
+PIPELINE_FRESHNESS = _f(
+    "ml_pipeline_data_freshness_seconds", GAUGE,
+    "Age of the newest data seen, computed at scrape time so it keeps rising when data stops.",
+    PIPE + ("data_source",), unit="seconds", fed_by="freshness",
+)
+PIPELINE_DATA_TS = _f(
+    "ml_pipeline_data_timestamp_seconds", GAUGE, "Unix time of the newest data seen.",
+    PIPE + ("data_source",), unit="seconds", fed_by="freshness",
+)
+SCHEMA_VIOLATIONS = _f(
+    "ml_pipeline_schema_violations_total", COUNTER, "Schema violations found by a pipeline.",
+    PIPE + ("violation_type",), fed_by="schema_violation",
+)
+
+# --- the sidecar's own health ------------------------------------------------
+EVENTS = _f(
+    "mlsidecar_events_total", COUNTER, "Events accepted, by source and kind.", ("source", "kind"),
+    fed_by="every source",
+)
+EVENTS_REJECTED = _f(
+    "mlsidecar_events_rejected_total", COUNTER, "Events rejected, by source and reason.",
+    ("source", "reason"), fed_by="every source",
+)
+EVENTS_DROPPED = _f(
+    "mlsidecar_events_dropped_total", COUNTER, "Events dropped before parsing, by source and reason.",
+    ("source", "reason"), fed_by="socket source",
+)
+LINES_READ = _f(
+    "mlsidecar_source_bytes_read_total", COUNTER, "Bytes read from a source.", ("source",),
+    unit="bytes", fed_by="every source",
+)
+BYTES_BEHIND = _f(
+    "mlsidecar_source_bytes_behind", GAUGE, "Bytes written to a tailed file but not read yet.",
+    ("source",), unit="bytes", fed_by="file source", expire_after=600.0,
+)
+SERIES_LIMITED = _f(
+    "mlsidecar_series_limited_total", COUNTER,
+    "Updates not applied because the metric reached its series limit.", ("metric",),
+    fed_by="mapping",
+)
+WORKER_RESTARTS = _f(
+    "mlsidecar_worker_restarts_total", COUNTER, "Worker processes restarted by the supervisor.",
+    ("worker",), fed_by="supervisor",
+)
+WORKER_UP = _f(
+    "mlsidecar_worker_up", GAUGE, "1 when the worker process is running.", ("worker",),
+    fed_by="supervisor",
+)
+BUILD_INFO = _f(
+    "mlsidecar_build_info", GAUGE, "Always 1; labels say which build is running.",
+    ("version", "python"), fed_by="supervisor",
+)
+COLLECTOR_UP = _f(
+    "mlsidecar_collector_up", GAUGE, "1 when the collector's last run succeeded.", ("collector",),
+    fed_by="collectors",
+)
+COLLECTOR_DURATION = _f(
+    "mlsidecar_collector_duration_seconds", GAUGE, "How long the collector's last run took.",
+    ("collector",), unit="seconds", fed_by="collectors",
+)
+SCRAPE_FILES_SKIPPED = _f(
+    "mlsidecar_multiproc_files_skipped_total", COUNTER,
+    "Metric files skipped while serving a scrape because they were unreadable or truncated.",
+    ("directory",), fed_by="server",
+)

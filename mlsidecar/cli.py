@@ -1,0 +1,237 @@
+"""Command line: ``mlsidecar run | demo | check-config | probe``.
+
+Errors an operator can fix (a config typo, a port in use) end the program
+with one clear line on stderr and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+from . import __version__
+from . import config as configmod
+from .config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, ConfigError
+
+log = logging.getLogger("mlsidecar")
+
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  mlsidecar demo                                   # demo workload + sidecar on 127.0.0.1:9877
+  mlsidecar run --tail '/var/log/app/*.jsonl'      # follow a workload's event log
+  mlsidecar run --config /etc/mlsidecar/config.toml --listen :9877
+  mlsidecar check-config /etc/mlsidecar/config.toml
+
+docs: README.md, docs/events.md (what to write), docs/metrics.md (what you get)
+"""
+
+
+def _collector_names() -> list[str]:
+    from . import collectors
+
+    return sorted(collectors.load_all())
+
+
+def _add_run_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (flags override it)")
+    if not demo:
+        p.add_argument("--tail", action="append", metavar="PATH_OR_GLOB",
+                       help="JSON-lines file or glob to follow (repeatable); quote globs")
+        p.add_argument("--socket", metavar="PATH", help="unix stream socket to listen on for events")
+        p.add_argument("--socket-datagram", metavar="PATH", help="unix datagram socket for events")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help=f"scrape address (default {'127.0.0.1:9877' if demo else DEFAULT_LISTEN})")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="metric files and read positions "
+                        f"(default {'a temporary directory' if demo else DEFAULT_STATE_DIR}"
+                        f"{'' if demo else ', or $STATE_DIRECTORY under systemd'})")
+    p.add_argument("--multiproc-dir", action="append", metavar="DIR",
+                   help="a workload's prometheus_client multiprocess directory to serve too (repeatable)")
+    p.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                   help="TLS and basic-auth config, the exporter-toolkit format node_exporter uses")
+    p.add_argument("--watch", choices=("auto", "inotify", "poll"),
+                   help="how to notice file changes (default auto: inotify, polling where it fails)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    for name in _collector_names():
+        p.add_argument(f"--collector.{name}", dest=f"collector_on_{name}", action="store_true",
+                       help=f"enable the {name} collector")
+        p.add_argument(f"--no-collector.{name}", dest=f"collector_off_{name}", action="store_true",
+                       help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlsidecar",
+        description="Turn an ML workload's JSON-lines events, GPU and process readings "
+                    "into Prometheus metrics on one port.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mlsidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the sidecar",
+                         description="Run the sidecar: follow sources, collect, serve /metrics. "
+                                     "--no-collector.NAME turns a collector off.")
+    _add_run_flags(run)
+
+    demo = sub.add_parser("demo", help="run the sidecar on a built-in demo workload",
+                          description="Start a demo workload that writes prediction, training and "
+                                      "pipeline events, and a sidecar that serves them.")
+    _add_run_flags(demo, demo=True)
+    demo.add_argument("--rate", type=float, default=50.0, help="demo predictions per second (default 50)")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--events-file", metavar="PATH", help="where the demo writes (default: in the state dir)")
+
+    check = sub.add_parser("check-config", help="validate a config file",
+                           description="Validate a config file; print what is wrong, naming the key.")
+    check.add_argument("file", help="TOML config file")
+
+    probe = sub.add_parser("probe", help="print what each collector can read on this machine",
+                           description="Run every collector once and print what it read: "
+                                       "for operators debugging a box.")
+    probe.add_argument("--config", metavar="FILE", help="TOML config file")
+    probe.add_argument("--collector", action="append", metavar="NAME", help="only these collectors")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    toggles = {}
+    for name in _collector_names():
+        if getattr(args, f"collector_on_{name}", False):
+            toggles[name] = True
+        if getattr(args, f"collector_off_{name}", False):
+            toggles[name] = False
+    return {
+        "listen": args.listen, "tail": getattr(args, "tail", None),
+        "socket": getattr(args, "socket", None), "socket_datagram": getattr(args, "socket_datagram", None),
+        "state_dir": args.state_dir, "multiproc_dir": args.multiproc_dir,
+        "web_config_file": args.web_config_file, "watch": args.watch, "log_level": args.log_level,
+        "collectors": toggles,
+    }
+
+
+def _fail(msg: str) -> int:
+    print(f"mlsidecar: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def load_config(args: argparse.Namespace, flags: dict) -> configmod.Config:
+    cfg = configmod.load(args.config)
+    if not args.config and not flags.get("state_dir") and os.environ.get("STATE_DIRECTORY"):
+        flags["state_dir"] = os.environ["STATE_DIRECTORY"].split(":")[0]
+    return configmod.with_overrides(cfg, **flags)
+
+
+def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
+    from . import logs
+    from .runtime.supervisor import Supervisor
+    from .server import bind
+
+    flags = _flags(args)
+    try:
+        cfg = load_config(args, flags)
+        if demo_path:
+            cfg = configmod.with_overrides(cfg, tail=[demo_path])
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    logs.setup(cfg.log_level)
+    if not (cfg.sources.tail or cfg.sources.socket or cfg.sources.socket_datagram):
+        log.warning("no sources configured (--tail, --socket): serving collector and self metrics only")
+    try:
+        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
+        probe = os.path.join(cfg.state_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        return _fail(f"state dir {cfg.state_dir} is not writable: {exc.strerror} "
+                     "(set --state-dir or state_dir in the config)")
+    try:
+        sock = bind(cfg.server.listen)
+    except OSError as exc:
+        return _fail(f"cannot listen on {cfg.server.listen}: {exc.strerror} "
+                     "(another process has the port? choose one with --listen)")
+    notify = None
+    if os.environ.get("NOTIFY_SOCKET"):
+        from .runtime import sdnotify
+
+        notify = sdnotify.Notifier.from_env()
+    sup = Supervisor(cfg, sock, config_path=args.config, overrides=flags, notify=notify)
+    return sup.run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from .demo import DemoWorkload
+
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="mlsidecar-demo-")
+    args.state_dir = state_dir
+    args.listen = args.listen or "127.0.0.1:9877"
+    path = args.events_file or os.path.join(state_dir, "demo-events.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    open(path, "ab").close()
+
+    def write() -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        DemoWorkload(path, rate=args.rate).run(args.duration)
+
+    writer = multiprocessing.get_context("fork").Process(target=write, name="demo-workload", daemon=True)
+    writer.start()
+    print(f"mlsidecar demo: workload writing {path}\n"
+          f"  metrics: curl http://{args.listen}/metrics\n"
+          f"  status:  http://{args.listen}/\n  stop:    Ctrl-C", file=sys.stderr)
+    if args.duration:
+        import signal
+        import threading
+
+        threading.Timer(args.duration + 2.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    try:
+        return cmd_run(args, demo_path=path)
+    finally:
+        writer.terminate()
+        writer.join(5)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = configmod.load(args.file)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    enabled = [n for n, s in cfg.collectors if s.enabled]
+    print(f"{args.file}: OK ({len(cfg.sources.tail)} tail patterns, "
+          f"{len(cfg.mappings)} mappings, collectors: {', '.join(enabled) or 'none'})")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import probe
+
+    try:
+        cfg = configmod.load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return probe(cfg, args.collector, sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handlers = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config, "probe": cmd_probe}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

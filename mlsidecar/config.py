@@ -1,0 +1,288 @@
+"""TOML configuration into frozen dataclasses; every error names the file and the key.
+
+``config.example.toml`` documents every key; a test loads it and checks that
+each key there is one this module knows, and the other way round.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_PORT = 9877
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+DEFAULT_STATE_DIR = "/var/lib/mlsidecar"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names file and key."""
+
+    def __init__(self, source: str, key: str, problem: str):
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    web_config_file: str = ""
+    multiproc_dirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    tail: tuple[str, ...] = ()
+    socket: str = ""
+    socket_datagram: str = ""
+    socket_mode: int = 0o660
+    socket_queue: int = 10000
+    max_line_bytes: int = 256 * 1024
+    watch: str = "auto"
+    poll_interval: float = 1.0
+    flush_interval: float = 0.25
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_series_per_metric: int = 10000
+    label_value_length: int = 128
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "(defaults)"
+    state_dir: str = DEFAULT_STATE_DIR
+    log_level: str = "info"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    labels: tuple[tuple[str, str], ...] = ()
+    labels_from_env: tuple[tuple[str, str], ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    expire: tuple[tuple[str, float], ...] = ()
+    metric_prefix: str = ""
+    metric_buckets: tuple[float, ...] = ()
+    mappings: tuple[Any, ...] = ()
+    collectors: tuple[tuple[str, Any], ...] = ()
+    analytics: Any = None
+
+    def static_labels(self, environ=os.environ) -> dict[str, str]:
+        """Config labels plus labels read from the environment (Kubernetes downward API)."""
+        out = dict(self.labels)
+        for name, var in self.labels_from_env:
+            value = environ.get(var)
+            if value:
+                out[name] = value
+        return out
+
+    def collector(self, name: str):
+        return dict(self.collectors).get(name)
+
+
+class Section:
+    """Reads one TOML table, type-checking each key and refusing unknown ones."""
+
+    def __init__(self, source: str, prefix: str, data: Any):
+        if not isinstance(data, dict):
+            raise ConfigError(source, prefix, "must be a table")
+        self.source = source
+        self.prefix = prefix
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def get(self, name: str, kind, default):
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        v = self.data[name]
+        if kind is float and type(v) is int:
+            v = float(v)
+        if kind is tuple:
+            if not isinstance(v, list):
+                raise self.error(name, f"must be a list, got {type(v).__name__}")
+            return tuple(v)
+        if type(v) is not kind:
+            raise self.error(name, f"must be {_kind_name(kind)}, got {type(v).__name__} {v!r}")
+        return v
+
+    def positive(self, name: str, kind, default):
+        v = self.get(name, kind, default)
+        if v <= 0:
+            raise self.error(name, f"must be > 0, got {v}")
+        return v
+
+    def table(self, name: str) -> "Section":
+        self.used.add(name)
+        return Section(self.source, self.key(name), self.data.get(name, {}))
+
+    def finish(self) -> None:
+        for k in self.data:
+            if k not in self.used:
+                hint = difflib.get_close_matches(k, sorted(self.used), n=1)
+                extra = f" (did you mean '{self.key(hint[0])}'?)" if hint else ""
+                raise self.error(k, f"unknown key{extra}")
+
+
+def _kind_name(kind) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "a table"}.get(kind, kind.__name__)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or '[::1]:PORT' into (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def load(path: str | None = None) -> Config:
+    """Read a config file (or the defaults when ``path`` is None)."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: dict, source: str = "(config)") -> Config:
+    from . import collectors, usermap  # late: they import config
+    from .analytics import settings as analytics_settings
+
+    top = Section(source, "", data)
+    cfg: dict[str, Any] = {"source": source}
+    cfg["state_dir"] = top.get("state_dir", str, DEFAULT_STATE_DIR)
+    cfg["log_level"] = top.get("log_level", str, "info").lower()
+    if cfg["log_level"] not in ("debug", "info", "warning", "error"):
+        raise top.error("log_level", "must be one of debug, info, warning, error")
+
+    s = top.table("server")
+    server = ServerConfig(
+        listen=s.get("listen", str, DEFAULT_LISTEN),
+        web_config_file=s.get("web_config_file", str, ""),
+        multiproc_dirs=_strings(s, "multiproc_dirs"),
+    )
+    try:
+        parse_listen(server.listen)
+    except ValueError as exc:
+        raise s.error("listen", str(exc)) from None
+    s.finish()
+    cfg["server"] = server
+
+    s = top.table("sources")
+    mode = s.get("socket_mode", str, "0660")
+    try:
+        mode_int = int(mode, 8)
+    except ValueError:
+        raise s.error("socket_mode", f"must be an octal string like '0660', got {mode!r}") from None
+    watch = s.get("watch", str, "auto")
+    if watch not in ("auto", "inotify", "poll"):
+        raise s.error("watch", "must be auto, inotify or poll")
+    cfg["sources"] = SourcesConfig(
+        tail=_strings(s, "tail"),
+        socket=s.get("socket", str, ""),
+        socket_datagram=s.get("socket_datagram", str, ""),
+        socket_mode=mode_int,
+        socket_queue=s.positive("socket_queue", int, 10000),
+        max_line_bytes=s.positive("max_line_bytes", int, 256 * 1024),
+        watch=watch,
+        poll_interval=s.positive("poll_interval", float, 1.0),
+        flush_interval=s.positive("flush_interval", float, 0.25),
+    )
+    s.finish()
+
+    s = top.table("labels")
+    cfg["labels"] = tuple((k, _label_value(s, k)) for k in s.data)
+    s = top.table("labels_from_env")
+    cfg["labels_from_env"] = tuple((k, _label_value(s, k)) for k in s.data)
+    for k, _ in cfg["labels"] + cfg["labels_from_env"]:
+        if not k.isidentifier() or k.startswith("__"):
+            raise ConfigError(source, f"labels.{k}", "is not a valid label name")
+
+    s = top.table("limits")
+    cfg["limits"] = LimitsConfig(
+        max_series_per_metric=s.positive("max_series_per_metric", int, 10000),
+        label_value_length=s.positive("label_value_length", int, 128),
+    )
+    s.finish()
+
+    s = top.table("expire")
+    expire = []
+    for name in s.data:
+        v = s.get(name, float, 0.0)
+        if v < 0:
+            raise s.error(name, "must be >= 0 seconds (0 = never)")
+        expire.append((name, v))
+    cfg["expire"] = tuple(expire)
+
+    s = top.table("metrics")
+    cfg["metric_prefix"] = s.get("prefix", str, "")
+    buckets = s.get("buckets", tuple, ())
+    if buckets and (any(type(b) not in (int, float) for b in buckets) or list(buckets) != sorted(buckets)):
+        raise s.error("buckets", "must be a sorted list of numbers")
+    cfg["metric_buckets"] = tuple(float(b) for b in buckets)
+    s.finish()
+
+    cfg["mappings"] = usermap.parse(top, "mappings")
+    cfg["collectors"] = collectors.parse_config(top.table("collectors"))
+    cfg["analytics"] = analytics_settings.parse(top.table("analytics"))
+    top.finish()
+    return Config(**cfg)
+
+
+def _strings(s: Section, name: str) -> tuple[str, ...]:
+    v = s.get(name, tuple, ())
+    for i, x in enumerate(v):
+        if type(x) is not str:
+            raise s.error(f"{name}[{i}]", "must be a string")
+    return v
+
+
+def _label_value(s: Section, name: str) -> str:
+    v = s.get(name, str, "")
+    return v
+
+
+def with_overrides(cfg: Config, **flags: Any) -> Config:
+    """Apply command-line flags on top of a config (flags win)."""
+    server, sources = cfg.server, cfg.sources
+    if flags.get("listen"):
+        server = replace(server, listen=flags["listen"])
+    if flags.get("web_config_file"):
+        server = replace(server, web_config_file=flags["web_config_file"])
+    if flags.get("multiproc_dir"):
+        server = replace(server, multiproc_dirs=tuple(flags["multiproc_dir"]))
+    if flags.get("tail"):
+        sources = replace(sources, tail=tuple(flags["tail"]))
+    if flags.get("socket"):
+        sources = replace(sources, socket=flags["socket"])
+    if flags.get("socket_datagram"):
+        sources = replace(sources, socket_datagram=flags["socket_datagram"])
+    if flags.get("watch"):
+        sources = replace(sources, watch=flags["watch"])
+    out = replace(cfg, server=server, sources=sources)
+    if flags.get("state_dir"):
+        out = replace(out, state_dir=flags["state_dir"])
+    if flags.get("log_level"):
+        out = replace(out, log_level=flags["log_level"])
+    toggles = flags.get("collectors") or {}
+    if toggles:
+        from . import collectors
+        out = replace(out, collectors=collectors.toggle(out.collectors, toggles))
+    return out

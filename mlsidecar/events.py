@@ -1,0 +1,136 @@
+"""The event contract: what a workload may send, and why a line is rejected.
+
+One event is one JSON object on one line (or in one datagram) with an
+``event`` field naming its kind; docs/events.md and
+``mlsidecar/events.schema.json`` describe every kind, and a test keeps the
+schema, the docs and :mod:`mlsidecar.mapping` in agreement.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import orjson
+
+# Rejection reasons: the `reason` label of mlsidecar_events_rejected_total.
+MALFORMED = "malformed_json"
+NOT_OBJECT = "not_an_object"
+MISSING_KIND = "missing_event"
+UNKNOWN_KIND = "unknown_event"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+INVALID_VALUE = "invalid_value"
+BAD_TIMESTAMP = "bad_timestamp"
+OVERSIZED = "oversized_line"
+INVALID_UTF8 = "invalid_utf8"
+BAD_NAME = "invalid_metric_name"
+LABEL_MISMATCH = "label_mismatch"
+
+REASONS = (MALFORMED, NOT_OBJECT, MISSING_KIND, UNKNOWN_KIND, MISSING_FIELD, WRONG_TYPE,
+           INVALID_VALUE, BAD_TIMESTAMP, OVERSIZED, INVALID_UTF8, BAD_NAME, LABEL_MISMATCH)
+
+# The built-in kinds, in the order docs/events.md lists them.
+KINDS = ("prediction", "label", "evaluation", "drift", "data_quality", "deployment", "training",
+         "batch", "checkpoint", "pipeline", "queue", "freshness", "schema_violation", "metric")
+
+MAX_LABEL_LENGTH = 128
+
+
+class Rejected(Exception):
+    """An event the sidecar will not map; ``reason`` is a fixed label value, ``detail`` for the log."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_line(line: bytes) -> dict:
+    """Decode one line into an event object, or raise :class:`Rejected`."""
+    try:
+        ev = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        msg = str(exc)
+        if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+            raise Rejected(INVALID_UTF8, msg) from None
+        raise Rejected(MALFORMED, msg) from None
+    if type(ev) is not dict:
+        raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
+    return ev
+
+
+def label(ev: dict, name: str, default: str | None = None) -> str:
+    """A label value from a field: strings as they are, integers as text, capped in length."""
+    v = ev.get(name)
+    if v is None:
+        if default is None:
+            raise Rejected(MISSING_FIELD, f"'{name}' is required")
+        return default
+    t = type(v)
+    if t is str:
+        if len(v) > MAX_LABEL_LENGTH:
+            return v[:MAX_LABEL_LENGTH]
+        return v
+    if t is int:
+        return str(v)
+    raise Rejected(WRONG_TYPE, f"'{name}' must be a string, got {t.__name__}")
+
+
+def number(ev: dict, name: str, *, required: bool = True, minimum: float | None = None,
+           maximum: float | None = None) -> float | None:
+    """A finite number from a field (booleans are not numbers), optionally bounded."""
+    v = ev.get(name)
+    if v is None:
+        if required:
+            raise Rejected(MISSING_FIELD, f"'{name}' is required")
+        return None
+    return check_number(v, name, minimum, maximum)
+
+
+def check_number(v, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
+    t = type(v)
+    if t is not float and t is not int:
+        raise Rejected(WRONG_TYPE, f"'{name}' must be a number, got {t.__name__}")
+    if t is float and not math.isfinite(v):
+        raise Rejected(INVALID_VALUE, f"'{name}' must be finite")
+    if minimum is not None and v < minimum:
+        raise Rejected(INVALID_VALUE, f"'{name}' must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise Rejected(INVALID_VALUE, f"'{name}' must be <= {maximum}, got {v}")
+    return v
+
+
+def mapping_of_numbers(ev: dict, name: str, required: bool = True) -> dict[str, float] | None:
+    """A JSON object of name -> number (losses, scores, queue sizes)."""
+    v = ev.get(name)
+    if v is None:
+        if required:
+            raise Rejected(MISSING_FIELD, f"'{name}' is required")
+        return None
+    if type(v) is not dict:
+        raise Rejected(WRONG_TYPE, f"'{name}' must be an object of numbers")
+    for k, x in v.items():
+        check_number(x, f"{name}.{k}")
+    return v
+
+
+def timestamp(ev: dict, name: str = "ts") -> float | None:
+    """Unix seconds from a number or an RFC 3339 string; None when absent."""
+    v = ev.get(name)
+    if v is None:
+        return None
+    t = type(v)
+    if t is int or t is float:
+        if not math.isfinite(v) or v < 0:
+            raise Rejected(BAD_TIMESTAMP, f"'{name}' must be a non-negative unix time")
+        return float(v)
+    if t is str:
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError:
+            raise Rejected(BAD_TIMESTAMP, f"'{name}' is not RFC 3339: {v[:40]!r}") from None
+        if dt.tzinfo is None:
+            raise Rejected(BAD_TIMESTAMP, f"'{name}' needs a time zone (e.g. Z): {v[:40]!r}")
+        return dt.timestamp()
+    raise Rejected(BAD_TIMESTAMP, f"'{name}' must be a number or an RFC 3339 string")

@@ -1,0 +1,318 @@
+"""Serve the multiprocess files as Prometheus text or OpenMetrics, fast.
+
+prometheus_client's ``MultiProcessCollector`` re-reads and re-parses every
+file, every key, on every scrape. Keys never move in these files (they are
+append-only), so :class:`MetricsReader` parses each key once, remembers where
+its value lives, and on a scrape only reads doubles through a memoryview and
+formats lines whose label part was rendered once. It also honours what the
+plain collector cannot: series expiry (a family's ``expire_after`` against the
+entry's update time), removed series (negative timestamp), and values derived
+at scrape time (data freshness keeps rising when the data stops).
+
+Files that are empty, truncated or corrupt (a worker killed mid-write, a
+foreign writer's crash) are skipped and counted, never a failed scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import operator
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+
+from . import catalogue
+from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS
+from .store import CorruptFile, iter_entries
+
+_INT = struct.Struct("i")
+INF = math.inf
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+# Families computed from another family's value at scrape time.
+DERIVED = {PIPELINE_DATA_TS.name: (PIPELINE_FRESHNESS, lambda value, now: max(0.0, now - value))}
+
+
+def format_value(v: float) -> str:
+    """Go-style float text, as Prometheus expects (+Inf, -Inf, NaN)."""
+    if v == INF:
+        return "+Inf"
+    if v == -INF:
+        return "-Inf"
+    if v != v:
+        return "NaN"
+    return repr(v)
+
+
+def escape_label(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def escape_help(v: str) -> str:
+    return v.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def render_labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels) + "}"
+
+
+@dataclass
+class _Family:
+    """Everything the reader knows about one metric family, across files."""
+
+    name: str  # as in the key: counters without _total
+    type: str
+    help: str
+    expire_after: float = INF
+    # Plain series: slot -> (sample name, label text)
+    simple: dict[int, str] = field(default_factory=dict)
+    # Histogram series: labels (without le) -> {le float: slot}, sum slot
+    buckets: dict[tuple, dict[float, int]] = field(default_factory=dict)
+    sums: dict[tuple, int] = field(default_factory=dict)
+
+
+class _FileView:
+    """One *.db file: an mmap, the keys parsed so far, and where their values are."""
+
+    def __init__(self, path: str, reader: "MetricsReader"):
+        self.path = path
+        parts = os.path.basename(path)[:-3].split("_")
+        self.type = parts[0]
+        self.mode = parts[1] if self.type == "gauge" and len(parts) > 2 else ""
+        self.identity = parts[-1]
+        self.reader = reader
+        self.ino = None
+        self.mm = None
+        self.doubles = None
+        self.parsed = 8
+        self.slots: list[int] = []
+        self.indexes: list[int] = []
+        self.getter = None
+        self.ts_getter = None
+
+    def close(self) -> None:
+        if self.doubles is not None:
+            self.doubles.release()
+            self.doubles = None
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+    def refresh(self) -> bool:
+        """Map new bytes and parse new keys; False when the file cannot be served now."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if st.st_ino != self.ino:
+            self.close()
+            self.ino = st.st_ino
+            self.parsed = 8
+            self.slots, self.indexes = [], []
+            self.getter = self.ts_getter = None
+        if st.st_size < 8 or st.st_size % 8:
+            return False
+        if self.mm is None or len(self.mm) < st.st_size:
+            self.close()
+            with open(self.path, "rb") as fh:
+                self.mm = mmap.mmap(fh.fileno(), st.st_size, access=mmap.ACCESS_READ)
+            self.doubles = memoryview(self.mm).cast("d")
+        (used,) = _INT.unpack_from(self.mm, 0)
+        if used > len(self.mm) or used < 8:
+            return False
+        if used > self.parsed:
+            try:
+                for key, off in iter_entries(self.mm, self.parsed, used):
+                    self.slots.append(self.reader._slot(self, key))
+                    self.indexes.append(off >> 3)
+                    self.parsed = off + 16
+            except (CorruptFile, UnicodeDecodeError, ValueError):
+                # Serve what parsed; the rest is skipped until the file is replaced.
+                self.reader.skipped_files += 1
+            self.getter = self.ts_getter = None
+        return True
+
+    def read(self) -> tuple[tuple, tuple]:
+        """All values and timestamps of this file, each in one C-level call."""
+        if not self.indexes:
+            return (), ()
+        if self.getter is None:
+            idx = self.indexes
+            if len(idx) == 1:
+                i = idx[0]
+                self.getter = lambda d: (d[i],)
+                self.ts_getter = lambda d: (d[i + 1],)
+            else:
+                self.getter = operator.itemgetter(*idx)
+                self.ts_getter = operator.itemgetter(*[i + 1 for i in idx])
+        return self.getter(self.doubles), self.ts_getter(self.doubles)
+
+
+class MetricsReader:
+    """Collects every *.db file under some directories into one exposition."""
+
+    def __init__(self, directories: list[str], clock=time.time):
+        self.directories = list(directories)
+        self.clock = clock
+        self.files: dict[str, _FileView] = {}
+        self.families: dict[str, _Family] = {}
+        self._slot_ids: dict[tuple, int] = {}
+        self._slot_family: list[_Family] = []
+        self.skipped_files = 0
+        self.series = 0
+
+    # --- keys -> slots ------------------------------------------------------
+    def _slot(self, view: _FileView, key: str) -> int:
+        metric_name, sample_name, labels, help_text = json.loads(key)
+        if view.mode in ("all", "liveall"):
+            labels = {**labels, "pid": view.identity}
+        le = labels.pop("le", None) if view.type == "histogram" else None
+        label_items = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+        ident = (metric_name, sample_name, label_items, le)
+        slot = self._slot_ids.get(ident)
+        if slot is not None:
+            return slot
+        fam = self.families.get(metric_name)
+        if fam is None:
+            known = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
+            fam = self.families[metric_name] = _Family(
+                metric_name, view.type, help_text,
+                known.expire_after if known is not None else INF)
+        slot = len(self._slot_family)
+        self._slot_ids[ident] = slot
+        self._slot_family.append(fam)
+        if view.type == "histogram":
+            if le is not None:
+                fam.buckets.setdefault(label_items, {})[float(le)] = slot
+            elif sample_name.endswith("_sum"):
+                fam.sums[label_items] = slot
+        else:
+            fam.simple[slot] = sample_name + render_labels(label_items)
+        return slot
+
+    def _scan(self) -> list[_FileView]:
+        seen = set()
+        for d in self.directories:
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(".db"):
+                    seen.add(os.path.join(d, name))
+        for path in list(self.files):
+            if path not in seen:
+                self.files.pop(path).close()
+        for path in seen:
+            if path not in self.files:
+                self.files[path] = _FileView(path, self)
+        return [self.files[p] for p in sorted(seen)]
+
+    # --- collection -----------------------------------------------------------
+    def collect(self) -> tuple[list[float], list[float]]:
+        """Sum (or pick the latest of) every slot's value over all files."""
+        views = self._scan()
+        n = len(self._slot_family)
+        values = [0.0] * n
+        stamps = [-INF] * n
+        for view in views:
+            if not view.refresh():
+                self.skipped_files += 1
+                continue
+            if len(self._slot_family) > n:
+                grow = len(self._slot_family) - n
+                values.extend([0.0] * grow)
+                stamps.extend([-INF] * grow)
+                n += grow
+            vals, tss = view.read()
+            if view.type == "gauge" and view.mode not in ("sum", "livesum"):
+                pick = {"min": min, "livemin": min, "max": max, "livemax": max}.get(view.mode)
+                for slot, v, t in zip(view.slots, vals, tss):
+                    if stamps[slot] == -INF:
+                        values[slot] = v
+                    elif pick is not None:
+                        values[slot] = pick(values[slot], v)
+                    elif t >= stamps[slot]:
+                        values[slot] = v
+                    if t > stamps[slot]:
+                        stamps[slot] = t
+            else:
+                for slot, v, t in zip(view.slots, vals, tss):
+                    values[slot] += v
+                    if t > stamps[slot]:
+                        stamps[slot] = t
+        return values, stamps
+
+    def render(self, openmetrics: bool = False) -> str:
+        values, stamps = self.collect()
+        now = self.clock()
+        out: list[str] = []
+        series = 0
+        for name in sorted(self.families):
+            fam = self.families[name]
+            floor = now - fam.expire_after if fam.expire_after != INF else 0.0
+            # Removed series carry a negative timestamp; foreign files write 0.
+            if fam.type == "histogram":
+                lines = self._histogram_lines(fam, values, stamps, floor)
+            else:
+                lines = [f"{text} {format_value(values[slot])}"
+                         for slot, text in fam.simple.items() if stamps[slot] >= floor]
+            if not lines:
+                continue
+            series += len(lines)
+            self._header(out, fam.name, fam.type, fam.help, openmetrics)
+            out.extend(lines)
+            derived = DERIVED.get(fam.name)
+            if derived is not None:
+                dfam, fn = derived
+                dlines = [f"{dfam.name}{text[len(fam.name):]} {format_value(fn(values[slot], now))}"
+                          for slot, text in fam.simple.items() if stamps[slot] >= floor]
+                self._header(out, dfam.name, dfam.type, dfam.help, openmetrics)
+                out.extend(dlines)
+        if openmetrics:
+            out.append("# EOF")
+        self.series = series
+        out.append("")
+        return "\n".join(out)
+
+    @staticmethod
+    def _header(out: list[str], name: str, typ: str, help_text: str, openmetrics: bool) -> None:
+        if openmetrics:
+            base = name[:-6] if typ == "counter" and name.endswith("_total") else name
+            out.append(f"# TYPE {base} {typ}")
+            out.append(f"# HELP {base} {escape_help(help_text).replace(chr(34), chr(92) + chr(34))}")
+        else:
+            full = name + "_total" if typ == "counter" and not name.endswith("_total") else name
+            out.append(f"# HELP {full} {escape_help(help_text)}")
+            out.append(f"# TYPE {full} {typ}")
+
+    @staticmethod
+    def _histogram_lines(fam: _Family, values, stamps, floor) -> list[str]:
+        lines = []
+        for label_items, by_le in fam.buckets.items():
+            sum_slot = fam.sums.get(label_items)
+            if sum_slot is None or stamps[sum_slot] < floor:
+                continue
+            base = ",".join(f'{k}="{escape_label(v)}"' for k, v in label_items)
+            sep = "," if base else ""
+            acc = 0.0
+            for le in sorted(by_le):
+                acc += values[by_le[le]]
+                le_text = "+Inf" if le == INF else repr(le)
+                lines.append(f'{fam.name}_bucket{{{base}{sep}le="{le_text}"}} {format_value(acc)}')
+            suffix = "{" + base + "}" if base else ""
+            lines.append(f"{fam.name}_count{suffix} {format_value(acc)}")
+            lines.append(f"{fam.name}_sum{suffix} {format_value(values[sum_slot])}")
+        return lines
+
+    def close(self) -> None:
+        for view in self.files.values():
+            view.close()
+        self.files.clear()

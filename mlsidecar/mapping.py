@@ -1,0 +1,305 @@
+"""Events to metric updates: the built-in kinds, then the user's mappings.
+
+A :class:`Mapper` validates one event and adds its updates to a
+:class:`~mlsidecar.store.Batch`; nothing here touches a file. Each kind has a
+small handler that reads its fields through :mod:`mlsidecar.events` helpers,
+so a wrong field is rejected with the same reasons everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from . import catalogue as C
+from .catalogue import Family
+from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MISSING_FIELD, MISSING_KIND,
+                     UNKNOWN_KIND, WRONG_TYPE, Rejected, check_number, label,
+                     mapping_of_numbers, number, timestamp)
+from .analytics.scores import classification_scores
+from .analytics.window import SlidingRatio
+from .store import Batch
+
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_EVAL_SAMPLES = 1_000_000
+
+
+class Mapper:
+    """Maps events of every built-in kind, and user mappings, into a batch.
+
+    ``user_mappings`` is a list of :class:`mlsidecar.usermap.UserMapping`;
+    ``metric_prefix`` is put in front of the names of ``metric`` events;
+    ``analytics`` (optional) sees every accepted event and sets derived gauges.
+    """
+
+    def __init__(self, batch: Batch, *, metric_prefix: str = "", user_mappings=(),
+                 metric_buckets: tuple[float, ...] = C.LATENCY_BUCKETS, analytics=None,
+                 error_rate_window: float = 300.0, clock: Callable[[], float] = time.time):
+        self.batch = batch
+        self.metric_prefix = metric_prefix
+        self.user_mappings = {}
+        for m in user_mappings:
+            self.user_mappings.setdefault(m.event, []).append(m)
+        self.metric_buckets = metric_buckets
+        self.analytics = analytics
+        self.error_rate_window = error_rate_window
+        self.clock = clock
+        self.now = clock()
+        self._error_rates: dict[tuple[str, str], SlidingRatio] = {}
+        self._dynamic: dict[str, Family] = {}
+        self.handlers: dict[str, Callable[[dict], None]] = {
+            "prediction": self.prediction, "evaluation": self.evaluation, "drift": self.drift,
+            "data_quality": self.data_quality, "deployment": self.deployment,
+            "training": self.training, "batch": self.batch_event, "checkpoint": self.checkpoint,
+            "pipeline": self.pipeline, "queue": self.queue, "freshness": self.freshness,
+            "schema_violation": self.schema_violation, "metric": self.metric,
+        }
+        if analytics is not None:
+            for kind, handler in analytics.handlers().items():
+                self.handlers.setdefault(kind, handler)
+
+    def handle(self, ev: dict) -> str:
+        """Map one event; return its kind. Raises :class:`Rejected`."""
+        kind = ev.get("event")
+        handler = self.handlers.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            if kind is None:
+                raise Rejected(MISSING_KIND, "'event' is required")
+            if type(kind) is not str:
+                raise Rejected(WRONG_TYPE, "'event' must be a string")
+            users = self.user_mappings.get(kind)
+            if users:
+                return self._user(kind, ev, users)
+            raise Rejected(UNKNOWN_KIND, f"unknown event kind {kind[:60]!r}")
+        if "ts" in ev:
+            timestamp(ev)
+        handler(ev)
+        users = self.user_mappings.get(kind)
+        if users:
+            self._user(kind, ev, users)
+        return kind
+
+    def tick(self, now: float) -> None:
+        """Called once per chunk: refresh the clock and the derived gauges."""
+        self.now = now
+        for key, ratio in self._error_rates.items():
+            r = ratio.ratio(now)
+            if r is not None:
+                self.batch.set(C.PIPELINE_ERROR_RATE, key, r)
+        if self.analytics is not None:
+            self.analytics.tick(self.batch, now)
+
+    # --- model -----------------------------------------------------------------
+    def prediction(self, ev: dict) -> None:
+        model = label(ev, "model")
+        version = label(ev, "version", "unknown")
+        status = label(ev, "status", "success")
+        latency = ev.get("latency_s")
+        t = type(latency)
+        if t is not float and t is not int:
+            number(ev, "latency_s")  # raises the precise reason
+        elif not 0 <= latency < 1e300:
+            raise Rejected(INVALID_VALUE, f"'latency_s' must be >= 0 and finite, got {latency}")
+        conf = ev.get("confidence")
+        if conf is not None:
+            conf = check_number(conf, "confidence", 0.0, 1.0)
+        batch = self.batch
+        mv = (model, version)
+        key = (C.PREDICTIONS, (model, version, status))
+        counters = batch.counters
+        if key not in counters:
+            counters[key] = 0.0
+            batch.zero.add((C.PREDICTIONS, (model, version, "success")))
+            batch.zero.add((C.PREDICTIONS, (model, version, "error")))
+        counters[key] += 1.0
+        batch.observe(C.PREDICTION_LATENCY, mv, latency)
+        if conf is not None:
+            batch.observe(C.PREDICTION_CONFIDENCE, mv, conf)
+        if self.analytics is not None:
+            self.analytics.on_prediction(ev, model, version, self.now)
+
+    def evaluation(self, ev: dict) -> None:
+        key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "dataset", "unknown"))
+        y_true, y_pred = ev.get("y_true"), ev.get("y_pred")
+        if y_true is not None or y_pred is not None:
+            if type(y_true) is not list or type(y_pred) is not list:
+                raise Rejected(WRONG_TYPE, "'y_true' and 'y_pred' must both be arrays")
+            if len(y_true) != len(y_pred) or not y_true:
+                raise Rejected(INVALID_VALUE, "'y_true' and 'y_pred' must be non-empty and of equal length")
+            if len(y_true) > MAX_EVAL_SAMPLES:
+                raise Rejected(INVALID_VALUE, f"at most {MAX_EVAL_SAMPLES} samples per evaluation")
+            for v in y_true + y_pred:
+                if type(v) not in (str, int, bool):
+                    raise Rejected(WRONG_TYPE, "class labels must be strings or integers")
+            acc, prec, rec = classification_scores(y_true, y_pred)
+            self.batch.set(C.ACCURACY, key, acc)
+            self.batch.set(C.PRECISION, key, prec)
+            self.batch.set(C.RECALL, key, rec)
+            return
+        scores = [(fam, number(ev, f, required=False, minimum=0.0, maximum=1.0))
+                  for fam, f in ((C.ACCURACY, "accuracy"), (C.PRECISION, "precision"), (C.RECALL, "recall"))]
+        if all(v is None for _, v in scores):
+            raise Rejected(MISSING_FIELD, "one of accuracy/precision/recall or y_true+y_pred is required")
+        for fam, v in scores:
+            if v is not None:
+                self.batch.set(fam, key, v)
+
+    def drift(self, ev: dict) -> None:
+        key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "feature"))
+        self.batch.set(C.FEATURE_DRIFT, key, number(ev, "score"))
+
+    def data_quality(self, ev: dict) -> None:
+        model, version = label(ev, "model"), label(ev, "version", "unknown")
+        scores = mapping_of_numbers(ev, "scores")
+        for metric, v in scores.items():
+            self.batch.set(C.DATA_QUALITY, (model, version, _cap(metric)), v)
+
+    def deployment(self, ev: dict) -> None:
+        self.batch.inc(C.DEPLOYMENTS, (label(ev, "model"), label(ev, "version", "unknown")))
+
+    # --- training ----------------------------------------------------------------
+    def training(self, ev: dict) -> None:
+        job = (label(ev, "job"),)
+        epoch = number(ev, "epoch", required=False, minimum=0)
+        lr = number(ev, "learning_rate", required=False, minimum=0)
+        losses = mapping_of_numbers(ev, "losses", required=False)
+        loss = number(ev, "loss", required=False)
+        if epoch is None and lr is None and losses is None and loss is None:
+            raise Rejected(MISSING_FIELD, "one of epoch, losses, loss, learning_rate is required")
+        if epoch is not None:
+            self.batch.set(C.TRAINING_EPOCH, job, epoch)
+        if lr is not None:
+            self.batch.set(C.TRAINING_LR, job, lr)
+        if loss is not None:
+            self.batch.set(C.TRAINING_LOSS, job + ("train",), loss)
+        for loss_type, v in (losses or {}).items():
+            self.batch.set(C.TRAINING_LOSS, job + (_cap(loss_type),), v)
+
+    def batch_event(self, ev: dict) -> None:
+        job = (label(ev, "job"),)
+        duration = number(ev, "duration_s", minimum=0.0)
+        size = number(ev, "batch_size", required=False, minimum=0)
+        self.batch.observe(C.TRAINING_BATCH, job, duration)
+        self.batch.inc(C.TRAINING_ITERATIONS, job)
+        if size is not None:
+            self.batch.inc(C.TRAINING_SAMPLES, job, size)
+
+    def checkpoint(self, ev: dict) -> None:
+        job = (label(ev, "job"),)
+        size = number(ev, "size_bytes", minimum=0)
+        duration = number(ev, "duration_s", required=False, minimum=0.0)
+        self.batch.set(C.CHECKPOINT_SIZE, job, size)
+        if duration is not None:
+            self.batch.observe(C.CHECKPOINT_DURATION, job, duration)
+
+    # --- pipeline ------------------------------------------------------------------
+    def pipeline(self, ev: dict) -> None:
+        pipe, stage = label(ev, "pipeline"), label(ev, "stage")
+        status = label(ev, "status", "success")
+        records = number(ev, "records", required=False, minimum=0)
+        records = 1 if records is None else records
+        duration = number(ev, "duration_s", required=False, minimum=0.0)
+        key = (C.PIPELINE_RECORDS, (pipe, stage, status))
+        if key not in self.batch.counters:
+            self.batch.ensure(C.PIPELINE_RECORDS, (pipe, stage, "success"))
+            self.batch.ensure(C.PIPELINE_RECORDS, (pipe, stage, "error"))
+        self.batch.inc(C.PIPELINE_RECORDS, (pipe, stage, status), records)
+        if duration is not None:
+            self.batch.observe(C.PIPELINE_LATENCY, (pipe, stage), duration)
+        ratio = self._error_rates.get((pipe, stage))
+        if ratio is None:
+            ratio = self._error_rates[(pipe, stage)] = SlidingRatio(self.error_rate_window)
+        ratio.add(self.now, records, records if status == "error" else 0)
+
+    def queue(self, ev: dict) -> None:
+        pipe = label(ev, "pipeline")
+        for name, size in mapping_of_numbers(ev, "queues").items():
+            if size < 0:
+                raise Rejected(INVALID_VALUE, f"queue {name!r} has a negative size")
+            self.batch.set(C.PIPELINE_QUEUE, (pipe, _cap(name)), size)
+
+    def freshness(self, ev: dict) -> None:
+        key = (label(ev, "pipeline"), label(ev, "source"))
+        data_ts = timestamp(ev, "data_ts")
+        if data_ts is None:
+            age = number(ev, "age_s", required=False, minimum=0.0)
+            if age is None:
+                raise Rejected(MISSING_FIELD, "'data_ts' or 'age_s' is required")
+            data_ts = (timestamp(ev) or self.now) - age
+        self.batch.set(C.PIPELINE_DATA_TS, key, data_ts)
+
+    def schema_violation(self, ev: dict) -> None:
+        key = (label(ev, "pipeline"), label(ev, "violation_type"))
+        count = number(ev, "count", required=False, minimum=0)
+        self.batch.inc(C.SCHEMA_VIOLATIONS, key, 1 if count is None else count)
+
+    # --- user metrics ----------------------------------------------------------------
+    def metric(self, ev: dict) -> None:
+        name = ev.get("name")
+        if type(name) is not str:
+            raise Rejected(MISSING_FIELD if name is None else WRONG_TYPE, "'name' must be a string")
+        name = self.metric_prefix + name
+        typ = ev.get("type", "gauge")
+        if typ not in (C.COUNTER, C.GAUGE, C.HISTOGRAM):
+            raise Rejected(INVALID_VALUE, "'type' must be counter, gauge or histogram")
+        value = number(ev, "value", minimum=0.0 if typ == C.COUNTER else None)
+        labels = ev.get("labels") or {}
+        if type(labels) is not dict:
+            raise Rejected(WRONG_TYPE, "'labels' must be an object")
+        fam = self._family(name, typ, tuple(sorted(labels)))
+        values = tuple(label(labels, n) for n in fam.labels)
+        self._update(fam, values, value)
+
+    def _family(self, name: str, typ: str, label_names: tuple[str, ...], help_text: str = "",
+                buckets: tuple[float, ...] | None = None) -> Family:
+        """A user family, registered on first use; its name, type and labels are then fixed."""
+        if typ == C.COUNTER and not name.endswith("_total"):
+            name += "_total"
+        fam = self._dynamic.get(name)
+        if fam is None:
+            if not METRIC_NAME.match(name):
+                raise Rejected(BAD_NAME, f"{name[:80]!r} is not a valid metric name")
+            if name in C.REGISTRY and C.REGISTRY[name].fed_by != "metric":
+                raise Rejected(BAD_NAME, f"{name} is a built-in metric; send its own event kind")
+            for n in label_names:
+                if not LABEL_NAME.match(n) or n.startswith("__") or n == "le":
+                    raise Rejected(BAD_NAME, f"{n[:80]!r} is not a usable label name")
+            existing = C.REGISTRY.get(name)
+            if existing is not None and (existing.type != typ or existing.labels != label_names):
+                raise Rejected(LABEL_MISMATCH, f"{name} exists with type {existing.type} "
+                                               f"and labels {list(existing.labels)}")
+            fam = existing or C.register(Family(
+                name, typ, help_text or f"User metric {name}.", label_names,
+                (buckets or self.metric_buckets) if typ == C.HISTOGRAM else (), fed_by="metric"))
+            self._dynamic[name] = fam
+        if fam.type != typ or fam.labels != label_names:
+            raise Rejected(LABEL_MISMATCH, f"{fam.name} has type {fam.type} and labels {list(fam.labels)}")
+        return fam
+
+    def _update(self, fam: Family, values: tuple[str, ...], value: float) -> None:
+        if fam.type == C.COUNTER:
+            self.batch.inc(fam, values, value)
+        elif fam.type == C.GAUGE:
+            self.batch.set(fam, values, value)
+        else:
+            self.batch.observe(fam, values, value)
+
+    def _user(self, kind: str, ev: dict, mappings) -> str:
+        matched = False
+        for m in mappings:
+            if m.matches(ev):
+                matched = True
+                for out in m.metrics:
+                    fam = self._family(out.name, out.type, out.label_names, out.help, out.buckets)
+                    self._update(fam, out.label_values(ev), out.value(ev))
+        if not matched and kind not in self.handlers:
+            raise Rejected(UNKNOWN_KIND, f"no mapping matches this {kind[:60]!r} event")
+        return kind
+
+
+def _cap(v: str) -> str:
+    if type(v) is not str:
+        raise Rejected(WRONG_TYPE, "names must be strings")
+    return v[:128]

@@ -1,0 +1,93 @@
+"""The collector worker: runs some collectors, each on its own interval.
+
+A collector that cannot start (no NVML, no GPU, nothing to watch) is logged
+once and exported as ``mlsidecar_collector_up{collector} 0``; it is tried
+again now and then, and the rest of the sidecar runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .. import catalogue as C
+from .. import collectors
+from ..config import Config
+from ..logs import RateLimitedLog
+from .state import StateDir
+from .worker import Stop, make_writer, write_status
+
+log = logging.getLogger("mlsidecar.collect")
+
+RETRY_SETUP_EVERY = 60.0
+
+
+def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: dict | None = None,
+                         max_runs: int | None = None) -> None:
+    """Run the named collectors until SIGTERM (or ``max_runs`` rounds, for tests)."""
+    stop = Stop()
+    state = StateDir(cfg.state_dir)
+    writer = make_writer(cfg, state, identity, journal=False)
+    classes = collectors.load_all()
+    errors = RateLimitedLog(log, interval=300.0)
+    items = []
+    for name in names:
+        settings = cfg.collector(name)
+        items.append({"name": name, "obj": classes[name](settings, **(handles or {})),
+                      "interval": settings.interval, "next": 0.0, "ready": False,
+                      "setup_at": 0.0, "error": ""})
+    runs = 0
+    try:
+        while not stop.requested and (max_runs is None or runs < max_runs):
+            now = time.monotonic()
+            for it in items:
+                if now < it["next"]:
+                    continue
+                it["next"] = now + it["interval"]
+                _run_one(it, writer, errors, now)
+            writer.flush()
+            write_status(state, identity, "collect", {
+                "sources": [{"name": f"collector {it['name']}", "open": it["ready"],
+                             "error": it["error"]} for it in items]})
+            runs += 1
+            if max_runs is not None and runs >= max_runs:
+                break
+            wait = max(0.05, min(it["next"] for it in items) - time.monotonic())
+            deadline = time.monotonic() + wait
+            while not stop.requested and time.monotonic() < deadline:
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    finally:
+        for it in items:
+            try:
+                it["obj"].close()
+            except Exception:  # noqa: BLE001
+                pass
+        writer.flush()
+        writer.close()
+
+
+def _run_one(it: dict, writer, errors: RateLimitedLog, now: float) -> None:
+    name, obj = it["name"], it["obj"]
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        if not it["ready"]:
+            if now < it["setup_at"]:
+                return
+            it["setup_at"] = now + RETRY_SETUP_EVERY
+            obj.setup()
+            it["ready"] = True
+            log.info("collector %s is up", name)
+        obj.collect(writer)
+        ok = True
+        it["error"] = ""
+    except collectors.CollectorUnavailable as exc:
+        it["ready"] = False
+        it["error"] = str(exc)
+        errors.warning(f"{name}:unavailable", "collector %s unavailable: %s", name, exc)
+    except Exception as exc:  # noqa: BLE001 - one broken reading must not stop the others
+        it["error"] = f"{type(exc).__name__}: {exc}"
+        errors.warning(f"{name}:error", "collector %s failed: %s", name, it["error"])
+    finally:
+        writer.set_gauge(C.COLLECTOR_UP, (name,), 1.0 if ok else 0.0)
+        writer.set_gauge(C.COLLECTOR_DURATION, (name,), time.perf_counter() - t0)

@@ -1,0 +1,133 @@
+"""The state directory: metric files, journals (with positions), worker status.
+
+Layout::
+
+    STATE_DIR/            mode 0700
+      metrics/            prometheus_client multiprocess files, one set per worker identity
+      journal/ID.json     a worker's last flush: source positions + the values they cover
+      status/ID.json      what a worker reports for /readyz and the status page
+
+The supervisor owns it: at start it moves aside files that cannot be read,
+and folds the files of identities that no longer exist (a source removed from
+the config) into ``*_archive.db``, so counters keep their totals and the
+directory does not grow with every change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import orjson
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
+
+log = logging.getLogger(__name__)
+
+ARCHIVE = "archive"
+
+
+class StateDir:
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.metrics = os.path.join(self.root, "metrics")
+        self.journals = os.path.join(self.root, "journal")
+        self.statuses = os.path.join(self.root, "status")
+
+    def create(self) -> None:
+        """Make the directories (0700: positions and values are nobody else's business)."""
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        for d in (self.metrics, self.journals, self.statuses):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+
+    def journal(self, identity: str) -> str:
+        return os.path.join(self.journals, f"{identity}.json")
+
+    def status_path(self, identity: str) -> str:
+        return os.path.join(self.statuses, f"{identity}.json")
+
+    def write_status(self, identity: str, status: dict) -> None:
+        path = self.status_path(identity)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(orjson.dumps(status))
+        os.replace(tmp, path)
+
+    def read_statuses(self) -> dict[str, dict]:
+        out = {}
+        try:
+            names = os.listdir(self.statuses)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.statuses, name), "rb") as fh:
+                    out[name[:-5]] = orjson.loads(fh.read())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+        return out
+
+    def clear_status(self, identity: str) -> None:
+        try:
+            os.unlink(self.status_path(identity))
+        except FileNotFoundError:
+            pass
+
+    # --- housekeeping ---------------------------------------------------------
+    def identities(self) -> set[str]:
+        out = set()
+        for name in os.listdir(self.metrics):
+            if name.endswith(".db"):
+                out.add(name[:-3].split("_")[-1])
+        return out
+
+    def tidy(self, live: set[str]) -> None:
+        """Move aside unreadable files; fold files of retired identities into the archive."""
+        retired: list[str] = []
+        for name in sorted(os.listdir(self.metrics)):
+            if not name.endswith(".db"):
+                continue
+            path = os.path.join(self.metrics, name)
+            if not _readable(path):
+                log.warning("metric file %s is empty or truncated; moved aside", path)
+                os.replace(path, path + ".corrupt")
+                continue
+            identity = name[:-3].split("_")[-1]
+            if identity not in live and identity != ARCHIVE:
+                retired.append(path)
+        if retired:
+            self.fold(retired)
+
+    def fold(self, paths: list[str]) -> None:
+        """Add counters and histograms of ``paths`` into the archive files, then remove them."""
+        keep = [p for p in paths if not os.path.basename(p).startswith("gauge_")]
+        now = time.time()
+        for metric in MultiProcessCollector.merge(keep, accumulate=False):
+            typ = "counter" if metric.type == "counter" else "histogram"
+            archive = MmapedDict(os.path.join(self.metrics, f"{typ}_{ARCHIVE}.db"))
+            try:
+                for s in metric.samples:
+                    if typ == "histogram" and s.name.endswith("_count"):
+                        continue
+                    key = json.dumps([metric.name, s.name, s.labels, metric.documentation],
+                                     sort_keys=True)
+                    old, _ = archive.read_value(key)
+                    archive.write_value(key, old + s.value, now)
+            finally:
+                archive.close()
+        for p in paths:
+            os.unlink(p)
+        log.info("folded %d metric files of retired workers into the archive", len(paths))
+
+
+def _readable(path: str) -> bool:
+    try:
+        for _ in MmapedDict.read_all_values_from_file(path):
+            pass
+        return os.path.getsize(path) >= 8
+    except Exception:  # noqa: BLE001 - any failure means we cannot serve it
+        return False

@@ -1,0 +1,221 @@
+"""Worker processes: ingest (file tail or socket) and collectors.
+
+An ingest worker parses chunks of lines with orjson, maps them into a
+:class:`~mlsidecar.store.Batch` (plain dicts), and flushes each touched series
+once per chunk through its :class:`~mlsidecar.store.SeriesWriter`, together
+with the source positions, so a line shows on /metrics well within a second
+and a crash neither loses nor re-counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+
+import orjson
+
+from .. import catalogue as C
+from ..config import Config
+from ..events import OVERSIZED, NOT_OBJECT, Rejected, parse_line
+from ..logs import RateLimitedLog
+from ..mapping import Mapper
+from ..store import Batch, SeriesWriter
+from .state import StateDir
+
+log = logging.getLogger("mlsidecar.worker")
+
+INTERNAL = "internal_error"
+
+
+class Stop:
+    """Set by SIGTERM/SIGINT: finish the chunk in hand, flush, exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads, not us
+
+    def _set(self, signum, frame) -> None:
+        self.requested = True
+        wake = getattr(self, "wake", None)
+        if wake is not None:
+            wake.set()
+
+
+def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = True) -> SeriesWriter:
+    writer = SeriesWriter(
+        state.metrics, identity, state.journal(identity) if journal else None,
+        static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
+    )
+    limited_log = RateLimitedLog(log)
+
+    def on_limited(name: str) -> None:
+        writer.inc(C.SERIES_LIMITED, (name,))
+        limited_log.warning(name, "%s reached its limit of %d series; new series are dropped",
+                            name, cfg.limits.max_series_per_metric)
+
+    writer.on_limited = on_limited
+    return writer
+
+
+def make_mapper(cfg: Config, batch: Batch) -> Mapper:
+    analytics = None
+    try:
+        from ..analytics import engine
+    except ImportError:
+        engine = None
+    if engine is not None and cfg.analytics is not None:
+        analytics = engine.build(cfg.analytics)
+    return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
+                  metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
+                  error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0))
+
+
+class Ingest:
+    """Lines in, batch updates out: shared by the file and socket workers."""
+
+    def __init__(self, cfg: Config, mapper: Mapper, batch: Batch, writer: SeriesWriter):
+        self.cfg = cfg
+        self.mapper = mapper
+        self.batch = batch
+        self.writer = writer
+        self.max_line = cfg.sources.max_line_bytes
+        self.rejects = RateLimitedLog(log)
+        self.accepted = 0
+        self.rejected = 0
+
+    def lines(self, lines: list[bytes], source: str) -> None:
+        """Map a chunk of lines; count accepted kinds and rejection reasons in the batch."""
+        handle = self.mapper.handle
+        loads = orjson.loads
+        max_line = self.max_line
+        kinds: dict[str, int] = {}
+        reasons: dict[str, int] = {}
+        for line in lines:
+            if len(line) > max_line:
+                reasons[OVERSIZED] = reasons.get(OVERSIZED, 0) + 1
+                self.rejects.warning(OVERSIZED, "%s: line of %d bytes over the %d-byte limit skipped",
+                                     source, len(line), max_line)
+                continue
+            try:
+                ev = loads(line)
+                if type(ev) is not dict:
+                    if not line.strip():
+                        continue  # blank lines are not events
+                    raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
+                kind = handle(ev)
+            except orjson.JSONDecodeError:
+                if not line.strip():
+                    continue
+                try:
+                    parse_line(line)
+                except Rejected as r:
+                    reasons[r.reason] = reasons.get(r.reason, 0) + 1
+                    self.rejects.warning(r.reason, "%s: rejected line (%s): %.200r", source, r, line)
+                continue
+            except Rejected as r:
+                reasons[r.reason] = reasons.get(r.reason, 0) + 1
+                self.rejects.warning(r.reason, "%s: rejected event (%s): %.200r", source, r, line)
+                continue
+            except Exception:  # noqa: BLE001 - a bug of ours must not stop the stream
+                reasons[INTERNAL] = reasons.get(INTERNAL, 0) + 1
+                self.rejects.warning(INTERNAL, "%s: internal error on %.200r\n%s", source, line,
+                                     traceback.format_exc())
+                continue
+            kinds[kind] = kinds.get(kind, 0) + 1
+        batch = self.batch
+        for kind, n in kinds.items():
+            batch.inc(C.EVENTS, (source, kind), n)
+            self.accepted += n
+        for reason, n in reasons.items():
+            batch.inc(C.EVENTS_REJECTED, (source, reason), n)
+            self.rejected += n
+
+    def reject(self, source: str, reason: str, n: int = 1) -> None:
+        self.batch.inc(C.EVENTS_REJECTED, (source, reason), n)
+        self.rejected += n
+
+
+def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
+    """Follow ``patterns`` until SIGTERM; the body of a ``tail-*`` worker process."""
+    from ..sources.tail import Tailer
+
+    stop = Stop()
+    state = StateDir(cfg.state_dir)
+    writer = make_writer(cfg, state, identity)
+    batch = Batch()
+    mapper = make_mapper(cfg, batch)
+    ingest = Ingest(cfg, mapper, batch, writer)
+    saved = (writer.journal_state or {}).get("files", {})
+    oversized_sources: list[str] = []
+    tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
+                    watch=cfg.sources.watch, on_oversized=oversized_sources.append)
+    stop.wake = tailer.wake
+    flush_every = cfg.sources.flush_interval
+    poll = cfg.sources.poll_interval
+    last_flush = last_scan = last_status = 0.0
+    bytes_read: dict[str, int] = {}
+    log.info("%s following %s (%s)", identity, ", ".join(patterns), tailer.watch_mode)
+
+    def flush(now: float) -> None:
+        mapper.tick(now)
+        for path in oversized_sources:
+            ingest.reject(path, OVERSIZED)
+        oversized_sources.clear()
+        for path, n in bytes_read.items():
+            batch.inc(C.LINES_READ, (path,), n)
+        bytes_read.clear()
+        writer.apply(batch, now)
+        writer.flush({"files": tailer.positions()})
+
+    try:
+        while not stop.requested:
+            now = time.time()
+            if now - last_scan >= poll or tailer.wake.is_set():
+                tailer.wake.clear()
+                tailer.scan()
+                last_scan = now
+            progressed = False
+            for tf in tailer.readable():
+                before = tf.read_to
+                lines = tailer.read(tf)
+                if tf.read_to != before:
+                    progressed = True
+                    bytes_read[tf.path] = bytes_read.get(tf.path, 0) + tf.read_to - before
+                if lines:
+                    tf.lines += len(lines)
+                    ingest.lines(lines, tf.path)
+                if stop.requested:
+                    break
+            now = time.time()
+            if now - last_flush >= flush_every or not progressed:
+                if batch or bytes_read or oversized_sources or not last_flush:
+                    flush(now)
+                last_flush = now
+            if now - last_status >= 1.0:
+                tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
+                for tf in tailer.files.values():
+                    writer.set_gauge(C.BYTES_BEHIND, (tf.path,), tailer.behind(tf), now)
+                write_status(state, identity, "tail", {
+                    "patterns": patterns, "watch": tailer.watch_mode,
+                    "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
+                                 "bytes_behind": tailer.behind(tf), "rotated": tf.draining}
+                                for tf in tailer.readable()],
+                    "accepted": ingest.accepted, "rejected": ingest.rejected})
+                last_status = now
+            if not progressed:
+                tailer.wait(min(poll, 0.5))
+        flush(time.time())
+    finally:
+        tailer.stop()
+        writer.close()
+        log.info("%s stopped after %d events (%d rejected)", identity, ingest.accepted, ingest.rejected)
+
+
+def write_status(state: StateDir, identity: str, role: str, extra: dict) -> None:
+    state.write_status(identity, {"identity": identity, "role": role, "pid": os.getpid(),
+                                  "updated": time.time(), **extra})

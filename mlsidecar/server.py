@@ -1,0 +1,177 @@
+"""The one scrape port: /metrics, /healthz, /readyz and a small status page (aiohttp).
+
+Collection runs in one background thread, so a slow disk or a huge scrape can
+never hold up the health endpoints, and two scrapes never read at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gzip
+import html
+import logging
+import signal
+import socket
+import time
+
+from aiohttp import web
+
+from . import __version__
+from . import catalogue as C
+from .config import Config
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
+from .runtime.state import StateDir
+from .store import SeriesWriter
+
+log = logging.getLogger("mlsidecar.server")
+
+STALE_AFTER = 10.0  # a worker whose status is older than this is not ready
+
+
+class Server:
+    def __init__(self, cfg: Config, state: StateDir, expected: list[str], clock=time.time):
+        self.cfg = cfg
+        self.state = state
+        self.expected = list(expected)
+        self.clock = clock
+        self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock)
+        self.writer = SeriesWriter(state.metrics, "server", static_labels=cfg.static_labels())
+        self._skipped_seen = 0
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")
+        self.started = clock()
+        self.scrapes = 0
+        self.last_scrape_seconds = 0.0
+
+    # --- /metrics ---------------------------------------------------------------
+    def _render(self, openmetrics: bool) -> bytes:
+        t0 = time.perf_counter()
+        skipped = self.reader.skipped_files
+        if skipped != self._skipped_seen:
+            for d in self.reader.directories:
+                self.writer.inc(C.SCRAPE_FILES_SKIPPED, (d,), 0)
+            self.writer.inc(C.SCRAPE_FILES_SKIPPED, (self.reader.directories[0],),
+                            skipped - self._skipped_seen)
+            self._skipped_seen = skipped
+            self.writer.flush()
+        body = self.reader.render(openmetrics).encode()
+        self.last_scrape_seconds = time.perf_counter() - t0
+        self.scrapes += 1
+        return body
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        accept = request.headers.get("Accept", "")
+        openmetrics = "application/openmetrics-text" in accept
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.executor, self._render, openmetrics)
+        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = await loop.run_in_executor(self.executor, gzip.compress, body, 1)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    # --- health -------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        statuses = self.state.read_statuses()
+        now = self.clock()
+        problems = []
+        for identity in self.expected:
+            st = statuses.get(identity)
+            if st is None:
+                problems.append(f"{identity}: not started")
+            elif now - st.get("updated", 0) > STALE_AFTER:
+                problems.append(f"{identity}: no heartbeat for {now - st['updated']:.0f}s")
+            elif st.get("error"):
+                problems.append(f"{identity}: {st['error']}")
+        return not problems, problems
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, problems = self.readiness()
+        if ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n" + "".join(f"- {p}\n" for p in problems))
+
+    async def index(self, request: web.Request) -> web.Response:
+        statuses = self.state.read_statuses()
+        ready, problems = self.readiness()
+        rows = []
+        for identity in sorted(statuses):
+            st = statuses[identity]
+            for src in st.get("sources", []):
+                rows.append(
+                    f"<tr><td>{html.escape(identity)}</td><td>{html.escape(str(src.get('name')))}</td>"
+                    f"<td>{src.get('lines', '')}</td><td>{src.get('bytes_behind', '')}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(identity)}</td><td><i>{html.escape(st.get('role', ''))} total</i></td>"
+                f"<td>{st.get('accepted', '')} accepted, {st.get('rejected', '')} rejected</td><td></td></tr>")
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mlsidecar</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head>
+<body><h1>mlsidecar {html.escape(__version__)}</h1>
+<p>{'Ready' if ready else 'Not ready: ' + html.escape('; '.join(problems))}.
+Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.series} series.</p>
+<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+<table><tr><th>worker</th><th>source</th><th>lines read</th><th>bytes behind</th></tr>
+{''.join(rows)}</table></body></html>"""
+        return web.Response(text=page, content_type="text/html")
+
+    def app(self, middlewares=()) -> web.Application:
+        app = web.Application(middlewares=list(middlewares))
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/", self.index)
+        return app
+
+
+def bind(listen: str) -> socket.socket:
+    """Open the scrape port before anything starts, so 'address in use' fails early."""
+    from .config import parse_listen
+
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6 and host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
+    """The body of the server process: serve until SIGTERM."""
+    state = StateDir(cfg.state_dir)
+    server = Server(cfg, state, expected)
+    ssl_context = None
+    middlewares = []
+    if cfg.server.web_config_file:
+        from . import webconfig
+
+        web_cfg = webconfig.load(cfg.server.web_config_file)
+        ssl_context = web_cfg.ssl_context()
+        middlewares = web_cfg.middlewares()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        runner = web.AppRunner(server.app(middlewares), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+        await site.start()
+        log.info("serving /metrics on %s", cfg.server.listen)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.executor.shutdown(wait=False)
+        server.reader.close()
+        server.writer.close()
