@@ -1,0 +1,1 @@
+from .harness import sidecar_factory  # noqa: F401  (fixture)
