@@ -40,6 +40,7 @@ class SourcesConfig:
     socket: str = ""
     socket_datagram: str = ""
     socket_mode: int = 0o660
+    socket_group: str = ""
     socket_queue: int = 10000
     max_line_bytes: int = 256 * 1024
     watch: str = "auto"
@@ -199,6 +200,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         socket=s.get("socket", str, ""),
         socket_datagram=s.get("socket_datagram", str, ""),
         socket_mode=mode_int,
+        socket_group=s.get("socket_group", str, ""),
         socket_queue=s.positive("socket_queue", int, 10000),
         max_line_bytes=s.positive("max_line_bytes", int, 256 * 1024),
         watch=watch,

@@ -1,0 +1,266 @@
+"""Unix socket sources: one JSON object per line (stream) or per datagram.
+
+A reader thread drains the kernel's socket buffers as fast as it can into a
+bounded queue; the worker's main thread parses and maps from that queue. When
+the queue is full the reader drops what it just read and counts it
+(``mlsidecar_events_dropped_total{reason="backpressure"}``), so a busy sidecar
+never blocks the workload's writes and never grows without bound.
+
+The socket file is created with the configured mode (and group), and a
+symlink or any other non-socket file planted at its path is refused, never
+followed or removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import queue
+import selectors
+import socket
+import stat
+import threading
+import time
+
+from .. import catalogue as C
+from ..config import Config
+from ..events import OVERSIZED
+from ..runtime.state import StateDir
+from ..runtime.worker import Ingest, Stop, make_mapper, make_writer, write_status
+from ..store import Batch
+
+log = logging.getLogger("mlsidecar.socket")
+
+READ_BYTES = 1 << 16
+BACKPRESSURE = "backpressure"
+
+
+class SocketError(Exception):
+    """The socket path cannot be used (a symlink or a regular file is in the way)."""
+
+
+def bind_unix(path: str, kind: int, mode: int, group: str = "") -> socket.socket:
+    """Bind a unix socket at ``path`` with ``mode``; replace only a stale socket file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(f"{path} exists and is not a socket (a symlink or file is in the way); "
+                              "refusing to touch it")
+        os.unlink(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)  # the umask already gave this mode; make it exact
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
+    if kind == socket.SOCK_STREAM:
+        sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class SocketReader(threading.Thread):
+    """Drains the sockets into a bounded queue of line lists; drops (and counts) when full."""
+
+    def __init__(self, stream: socket.socket | None, dgram: socket.socket | None,
+                 max_line_bytes: int, max_pending: int):
+        super().__init__(name="socket-reader", daemon=True)
+        self.sel = selectors.DefaultSelector()
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.max_line = max_line_bytes
+        self.max_pending = max_pending
+        self.lock = threading.Lock()
+        self.pending = 0
+        self.dropped: dict[str, int] = {}
+        self.oversized: dict[str, int] = {}
+        self.connections = 0
+        self.stopping = False
+        self._buffers: dict[socket.socket, bytearray] = {}
+        self._skipping: set[socket.socket] = set()
+        self.wake = threading.Event()
+        self.names = {}
+        if stream is not None:
+            self.sel.register(stream, selectors.EVENT_READ, "listen")
+            self.names["stream"] = stream.getsockname()
+        if dgram is not None:
+            self.sel.register(dgram, selectors.EVENT_READ, "dgram")
+            self.names["dgram"] = dgram.getsockname()
+
+    def _offer(self, source: str, lines: list[bytes]) -> None:
+        n = len(lines)
+        with self.lock:
+            if self.pending + n > self.max_pending:
+                self.dropped[source] = self.dropped.get(source, 0) + n
+                return
+            self.pending += n
+        self.queue.put((source, lines))
+        self.wake.set()
+
+    def take(self) -> tuple[str, list[bytes]] | None:
+        try:
+            item = self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        with self.lock:
+            self.pending -= len(item[1])
+        return item
+
+    def run(self) -> None:
+        while not self.stopping:
+            for key, _ in self.sel.select(timeout=0.2):
+                try:
+                    if key.data == "listen":
+                        self._accept(key.fileobj)
+                    elif key.data == "dgram":
+                        self._datagrams(key.fileobj)
+                    else:
+                        self._read(key.fileobj)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        log.warning("socket error: %s", exc)
+
+    def _accept(self, listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        conn.setblocking(False)
+        self._buffers[conn] = bytearray()
+        self.sel.register(conn, selectors.EVENT_READ, "conn")
+        self.connections += 1
+
+    def _read(self, conn: socket.socket) -> None:
+        source = self.names["stream"]
+        data = conn.recv(READ_BYTES)
+        buf = self._buffers[conn]
+        if not data:
+            if buf and conn not in self._skipping:
+                self._offer(source, [bytes(buf)])  # a last line without its newline
+            self.sel.unregister(conn)
+            self._buffers.pop(conn, None)
+            self._skipping.discard(conn)
+            conn.close()
+            return
+        if conn in self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            self._skipping.discard(conn)
+            data = data[nl + 1:]
+        buf += data
+        end = buf.rfind(b"\n")
+        if end < 0:
+            if len(buf) > self.max_line:
+                self._count_oversized(source)
+                buf.clear()
+                self._skipping.add(conn)
+            return
+        lines = bytes(buf[:end]).split(b"\n")
+        del buf[:end + 1]
+        if len(buf) > self.max_line:
+            self._count_oversized(source)
+            buf.clear()
+            self._skipping.add(conn)
+        self._offer(source, lines)
+
+    def _datagrams(self, sock: socket.socket) -> None:
+        source = self.names["dgram"]
+        for _ in range(256):  # bounded burst, then let the selector look at the others
+            try:
+                data, _anc, flags, _addr = sock.recvmsg(self.max_line + 1)
+            except BlockingIOError:
+                return
+            if flags & socket.MSG_TRUNC or len(data) > self.max_line:
+                self._count_oversized(source)
+                continue
+            self._offer(source, data.rstrip(b"\n").split(b"\n"))
+
+    def _count_oversized(self, source: str) -> None:
+        with self.lock:
+            self.oversized[source] = self.oversized.get(source, 0) + 1
+
+    def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self.lock:
+            dropped, self.dropped = self.dropped, {}
+            oversized, self.oversized = self.oversized, {}
+        return dropped, oversized
+
+
+def run_socket_worker(identity: str, cfg: Config) -> None:
+    """Listen on the configured sockets until SIGTERM; the body of the ``socket`` worker."""
+    stop = Stop()
+    src = cfg.sources
+    stream = dgram = None
+    try:
+        if src.socket:
+            stream = bind_unix(src.socket, socket.SOCK_STREAM, src.socket_mode, src.socket_group)
+        if src.socket_datagram:
+            dgram = bind_unix(src.socket_datagram, socket.SOCK_DGRAM, src.socket_mode, src.socket_group)
+    except (SocketError, OSError, KeyError) as exc:
+        log.error("cannot open socket source: %s", exc)
+        StateDir(cfg.state_dir).write_status(identity, {
+            "identity": identity, "role": "socket", "pid": os.getpid(), "updated": time.time(),
+            "error": str(exc)})
+        raise SystemExit(1) from exc
+    state = StateDir(cfg.state_dir)
+    writer = make_writer(cfg, state, identity, journal=False)
+    batch = Batch()
+    mapper = make_mapper(cfg, batch)
+    ingest = Ingest(cfg, mapper, batch, writer)
+    reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue)
+    stop.wake = reader.wake
+    reader.start()
+    sources = [str(n) for n in reader.names.values()]
+    for s in sources:
+        batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), 0)
+    log.info("listening for events on %s", ", ".join(sources))
+    last_flush = last_status = 0.0
+    try:
+        while not stop.requested:
+            item = reader.take()
+            if item is not None:
+                ingest.lines(item[1], item[0])
+            now = time.time()
+            if item is None or now - last_flush >= src.flush_interval:
+                dropped, oversized = reader.drain_counts()
+                for s, n in dropped.items():
+                    batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), n)
+                for s, n in oversized.items():
+                    ingest.reject(s, OVERSIZED, n)
+                if batch or not last_flush:
+                    mapper.tick(now)
+                    writer.apply(batch, now)
+                    writer.flush()
+                last_flush = now
+                if now - last_status >= 1.0:
+                    write_status(state, identity, "socket", {
+                        "sources": [{"name": s, "open": True, "lines": ingest.accepted + ingest.rejected}
+                                    for s in sources],
+                        "accepted": ingest.accepted, "rejected": ingest.rejected})
+                    last_status = now
+            if item is None:
+                reader.wake.wait(0.2)
+                reader.wake.clear()
+        # Flush what was already taken; what is still queued is counted as dropped.
+        while (item := reader.take()) is not None:
+            ingest.lines(item[1], item[0])
+        mapper.tick(time.time())
+        writer.apply(batch)
+        writer.flush()
+    finally:
+        reader.stopping = True
+        for s, path in ((stream, src.socket), (dgram, src.socket_datagram)):
+            if s is not None:
+                s.close()
+                try:
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)
+                except OSError:
+                    pass
+        writer.close()
