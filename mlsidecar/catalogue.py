@@ -9,7 +9,7 @@ Collectors and user mappings register their own families through
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -20,9 +20,12 @@ NEVER = math.inf
 HOUR = 3600.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Family:
-    """One metric family: what it is called, what it measures, how it is labelled."""
+    """One metric family: what it is called, what it measures, how it is labelled.
+
+    Compared and hashed by identity: families are dict keys on the hot path.
+    """
 
     name: str
     type: str
@@ -59,10 +62,23 @@ REGISTRY: dict[str, Family] = {}
 def register(family: Family) -> Family:
     """Add a family to the catalogue; registering the same definition twice is harmless."""
     old = REGISTRY.get(family.name)
-    if old is not None and old != family:
-        raise ValueError(f"metric {family.name} is already defined differently")
+    if old is not None:
+        if astuple(old) != astuple(family):
+            raise ValueError(f"metric {family.name} is already defined differently")
+        return old
     REGISTRY[family.name] = family
     return family
+
+
+def expiry(overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """Seconds without an update after which a family's series are hidden (inf: never).
+
+    ``overrides`` come from the config's ``[expire]`` table; 0 there means never.
+    """
+    out = {name: fam.expire_after for name, fam in REGISTRY.items()}
+    for name, seconds in (overrides or {}).items():
+        out[name] = NEVER if seconds == 0 else seconds
+    return out
 
 
 def _f(*args, **kwargs) -> Family:

@@ -158,8 +158,9 @@ class _FileView:
 class MetricsReader:
     """Collects every *.db file under some directories into one exposition."""
 
-    def __init__(self, directories: list[str], clock=time.time):
+    def __init__(self, directories: list[str], clock=time.time, expiry: dict[str, float] | None = None):
         self.directories = list(directories)
+        self.expiry = expiry if expiry is not None else catalogue.expiry()
         self.clock = clock
         self.files: dict[str, _FileView] = {}
         self.families: dict[str, _Family] = {}
@@ -181,10 +182,8 @@ class MetricsReader:
             return slot
         fam = self.families.get(metric_name)
         if fam is None:
-            known = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
-            fam = self.families[metric_name] = _Family(
-                metric_name, view.type, help_text,
-                known.expire_after if known is not None else INF)
+            ttl = self.expiry.get(metric_name, self.expiry.get(metric_name + "_total", INF))
+            fam = self.families[metric_name] = _Family(metric_name, view.type, help_text, ttl)
         slot = len(self._slot_family)
         self._slot_ids[ident] = slot
         self._slot_family.append(fam)

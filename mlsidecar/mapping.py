@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from . import catalogue as C
+from . import events
 from .catalogue import Family
 from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MISSING_FIELD, MISSING_KIND,
                      UNKNOWN_KIND, WRONG_TYPE, Rejected, check_number, label,
@@ -302,4 +303,4 @@ class Mapper:
 def _cap(v: str) -> str:
     if type(v) is not str:
         raise Rejected(WRONG_TYPE, "names must be strings")
-    return v[:128]
+    return v[:events.MAX_LABEL_LENGTH]

@@ -35,7 +35,8 @@ class Server:
         self.state = state
         self.expected = list(expected)
         self.clock = clock
-        self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock)
+        self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock,
+                                    expiry=C.expiry(dict(cfg.expire)))
         self.writer = SeriesWriter(state.metrics, "server", static_labels=cfg.static_labels())
         self._skipped_seen = 0
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")

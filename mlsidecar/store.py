@@ -24,6 +24,7 @@ seconds); a negative timestamp marks a series as removed.
 from __future__ import annotations
 
 import json
+import math
 import os
 from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
 import struct
@@ -102,7 +103,7 @@ class SeriesWriter:
 
     def __init__(self, directory: str, identity: str, journal_path: str | None = None,
                  static_labels: dict[str, str] | None = None, series_limit: int = 10000,
-                 on_limited=None):
+                 on_limited=None, expiry: dict[str, float] | None = None, clock=time.time):
         self.directory = directory
         self.identity = identity
         self.journal_path = journal_path
@@ -117,6 +118,10 @@ class SeriesWriter:
         self._series_per_family: dict[str, int] = {}
         self.limited: dict[str, int] = {}
         self._pending: dict[tuple[str, str], tuple[float, float]] = {}
+        # When each series was last written: for expiry.
+        self.touched: dict[SeriesKey, float] = {}
+        self.expiry = expiry if expiry is not None else catalogue.expiry()
+        self.clock = clock
         self.journal_state: Any = None
         self._load()
 
@@ -137,10 +142,15 @@ class SeriesWriter:
                 # A file we cannot trust is moved aside rather than served.
                 os.replace(path, path + ".corrupt")
                 raise CorruptFile(f"{path}: {exc}; moved aside") from exc
+            now = self.clock()
+            kept = []
             for key, value, ts in entries:
-                if ts >= 0:
+                if ts >= 0 and not self._expired(key, ts, now):
                     self._restore(name, file_type, key, value, ts)
                     loaded.append((name, key, ts))
+                    kept.append((key, value, ts))
+            if len(kept) < len(entries):
+                self._compact(path, kept)
         # Keys written under other static labels (config changed) move to the current ones.
         current = {k for keys in self._keys.values() for k in keys}
         moved = False
@@ -158,6 +168,39 @@ class SeriesWriter:
                 self._restore(name, name.split("_", 1)[0], key, value, ts)
                 self._file(name).write_value(key, value, ts)
             self.journal_state = journal.get("state")
+
+    def _expired(self, key: str, ts: float, now: float) -> bool:
+        name = json.loads(key)[0]
+        ttl = self.expiry.get(name, self.expiry.get(name + "_total", math.inf))
+        return ts < now - ttl
+
+    def _compact(self, path: str, kept: list[tuple[str, float, float]]) -> None:
+        """Rewrite a file without its removed and expired series, so it does not grow forever."""
+        tmp = path + ".compact"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        fresh = MmapedDict(tmp)
+        try:
+            for key, value, ts in kept:
+                fresh.write_value(key, value, ts)
+        finally:
+            fresh.close()
+        os.replace(tmp, path)
+
+    def forget_expired(self, now: float | None = None) -> int:
+        """Drop series not written for longer than their family's expiry from memory."""
+        now = time.time() if now is None else now
+        gone = 0
+        for sk, t in list(self.touched.items()):
+            ttl = self.expiry.get(sk[0].name, math.inf)
+            if t < now - ttl:
+                del self.touched[sk]
+                if sk in self.values:
+                    del self.values[sk]
+                    del self._keys[sk]
+                    self._series_per_family[sk[0].name] -= 1
+                    gone += 1
+        return gone
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
         metric_name, sample_name, labels, _help = json.loads(key)
@@ -179,6 +222,7 @@ class SeriesWriter:
             if sk not in self.values:
                 self._new_series(sk)
             self.values[sk] = value
+        self.touched[sk] = max(ts, self.touched.get(sk, 0.0))
         self._file(name)
 
     # --- series bookkeeping -------------------------------------------------
@@ -223,6 +267,7 @@ class SeriesWriter:
 
     def _stage(self, sk: SeriesKey, now: float) -> None:
         fam = sk[0]
+        self.touched[sk] = now
         name = file_name(fam, self.identity)
         value = self.values[sk]
         keys = self._keys[sk]
@@ -285,6 +330,7 @@ class SeriesWriter:
             self._pending[(name, key)] = (0.0, -1.0)
         del self.values[sk]
         del self._keys[sk]
+        self.touched.pop(sk, None)
         self._series_per_family[family.name] -= 1
 
     def series(self, family: Family) -> list[Labels]:

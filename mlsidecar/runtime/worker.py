@@ -18,6 +18,7 @@ import traceback
 import orjson
 
 from .. import catalogue as C
+from .. import events
 from ..config import Config
 from ..events import OVERSIZED, NOT_OBJECT, Rejected, parse_line
 from ..logs import RateLimitedLog
@@ -50,6 +51,7 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
     writer = SeriesWriter(
         state.metrics, identity, state.journal(identity) if journal else None,
         static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
+        expiry=C.expiry(dict(cfg.expire)),
     )
     limited_log = RateLimitedLog(log)
 
@@ -63,6 +65,7 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
 
 
 def make_mapper(cfg: Config, batch: Batch) -> Mapper:
+    events.MAX_LABEL_LENGTH = cfg.limits.label_value_length
     analytics = None
     try:
         from ..analytics import engine
@@ -198,6 +201,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 last_flush = now
             if now - last_status >= 1.0:
                 tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
+                writer.forget_expired(now)
                 for tf in tailer.files.values():
                     writer.set_gauge(C.BYTES_BEHIND, (tf.path,), tailer.behind(tf), now)
                 write_status(state, identity, "tail", {
