@@ -138,9 +138,6 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
             cfg = configmod.with_overrides(cfg, tail=[demo_path])
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
-    logs.setup(cfg.log_level)
-    if not (cfg.sources.tail or cfg.sources.socket or cfg.sources.socket_datagram):
-        log.warning("no sources configured (--tail, --socket): serving collector and self metrics only")
     try:
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         probe = os.path.join(cfg.state_dir, ".write-test")
@@ -155,6 +152,9 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
     except OSError as exc:
         return _fail(f"cannot listen on {cfg.server.listen}: {exc.strerror} "
                      "(another process has the port? choose one with --listen)")
+    logs.setup(cfg.log_level)
+    if not (cfg.sources.tail or cfg.sources.socket or cfg.sources.socket_datagram):
+        log.warning("no sources configured (--tail, --socket): serving collector and self metrics only")
     notify = None
     if os.environ.get("NOTIFY_SOCKET"):
         from .runtime import sdnotify
