@@ -178,8 +178,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     try:
         while not stop.requested:
             now = time.time()
-            if now - last_scan >= poll or tailer.wake.is_set():
-                tailer.wake.clear()
+            if now - last_scan >= poll or tailer.rescan:
                 tailer.scan()
                 last_scan = now
             progressed = False

@@ -88,6 +88,7 @@ class Tailer:
         self.retired: list[TailedFile] = []  # rotated away, being drained
         self.on_oversized = on_oversized or (lambda path: None)
         self.wake = threading.Event()
+        self.rescan = True
         self.watch_mode = "poll"
         self._observer = None
         self._saved = dict(positions or {})
@@ -104,11 +105,13 @@ class Tailer:
                 raise
             log.warning("inotify unavailable (%s); polling files", exc)
             return
-        wake = self.wake
+        tailer = self
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event):  # noqa: D401 - watchdog callback
-                wake.set()
+                if event.event_type in ("created", "moved", "deleted"):
+                    tailer.rescan = True  # a rotation or a new file: look at the names again
+                tailer.wake.set()
 
         observer = InotifyObserver()
         dirs = {os.path.dirname(os.path.abspath(p)) or "." for p in self.patterns}
@@ -134,7 +137,11 @@ class Tailer:
         self.watch_mode = "inotify" if watched else "poll"
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a watched directory changes, or ``timeout`` passes."""
+        """Sleep until a watched directory changes, or ``timeout`` passes.
+
+        A file must not be rotated twice between two scans (one poll interval in
+        poll mode): the middle generation would never be seen.
+        """
         self.wake.wait(timeout)
         self.wake.clear()
 
@@ -160,6 +167,7 @@ class Tailer:
 
     def scan(self) -> None:
         """Open new files, notice rotations, truncations and deletions."""
+        self.rescan = False
         if self._saved:
             self._resume_saved()
         matched = set(self.matched_paths())
