@@ -253,6 +253,6 @@ COLLECTOR_DURATION = _f(
 )
 SCRAPE_FILES_SKIPPED = _f(
     "mlsidecar_multiproc_files_skipped_total", COUNTER,
-    "Metric files skipped while serving a scrape because they were unreadable or truncated.",
-    ("directory",), fed_by="server",
+    "Times a metric file was skipped while serving a scrape (empty, truncated or corrupt).",
+    (), fed_by="server",
 )

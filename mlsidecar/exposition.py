@@ -275,6 +275,9 @@ class MetricsReader:
                           for slot, text in fam.simple.items() if stamps[slot] >= floor]
                 self._header(out, dfam.name, dfam.type, dfam.help, openmetrics)
                 out.extend(dlines)
+        skipped = catalogue.SCRAPE_FILES_SKIPPED
+        self._header(out, skipped.name, skipped.type, skipped.help, openmetrics)
+        out.append(f"{skipped.name} {format_value(float(self.skipped_files))}")
         if openmetrics:
             out.append("# EOF")
         self.series = series

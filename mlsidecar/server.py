@@ -22,7 +22,6 @@ from . import catalogue as C
 from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
 from .runtime.state import StateDir
-from .store import SeriesWriter
 
 log = logging.getLogger("mlsidecar.server")
 
@@ -37,8 +36,6 @@ class Server:
         self.clock = clock
         self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock,
                                     expiry=C.expiry(dict(cfg.expire)))
-        self.writer = SeriesWriter(state.metrics, "server", static_labels=cfg.static_labels())
-        self._skipped_seen = 0
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")
         self.started = clock()
         self.scrapes = 0
@@ -47,14 +44,6 @@ class Server:
     # --- /metrics ---------------------------------------------------------------
     def _render(self, openmetrics: bool) -> bytes:
         t0 = time.perf_counter()
-        skipped = self.reader.skipped_files
-        if skipped != self._skipped_seen:
-            for d in self.reader.directories:
-                self.writer.inc(C.SCRAPE_FILES_SKIPPED, (d,), 0)
-            self.writer.inc(C.SCRAPE_FILES_SKIPPED, (self.reader.directories[0],),
-                            skipped - self._skipped_seen)
-            self._skipped_seen = skipped
-            self.writer.flush()
         body = self.reader.render(openmetrics).encode()
         self.last_scrape_seconds = time.perf_counter() - t0
         self.scrapes += 1
@@ -175,4 +164,3 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
     finally:
         server.executor.shutdown(wait=False)
         server.reader.close()
-        server.writer.close()

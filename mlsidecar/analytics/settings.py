@@ -1,18 +1,289 @@
-"""The ``[analytics]`` config table (live scores, drift, quality, anomaly windows)."""
+"""The ``[analytics]`` config table (live scores, drift, quality, anomaly windows).
+
+Every window is bounded (by count, and for live scores optionally by time);
+see docs/analytics.md for the keys and their defaults::
+
+    [analytics]
+    error_rate_window = 300.0      # seconds, ml_pipeline_error_rate
+    compute_interval = 1.0         # seconds between recomputations of derived gauges
+    max_models = 100               # model versions tracked
+    max_features = 100             # features tracked per model version
+
+    [analytics.performance]
+    enabled = true
+    window_size = 1000             # last N labelled predictions
+    window_seconds = 0.0           # and/or last T seconds (0: count only)
+    label_ttl = 3600.0             # how long a prediction waits for its label event
+    max_pending = 20000            # predictions waiting for labels, at most
+    max_classes = 50               # classes per model; more fold into "__other__"
+
+    [analytics.drift]
+    enabled = true
+    statistic = "psi"              # primary statistic for ml_feature_drift_score: psi | ks
+    window_size = 1000             # last W values per feature
+    min_samples = 100              # values in the window before drift is exported
+    reference_size = 1000          # first N values as the reference when no file names one
+    bins = 10                      # quantile bins (first-N references)
+    quantiles = 100                # quantiles kept for KS (first-N references)
+    max_categories = 50
+    epsilon = 1e-4                 # floor of a bin share in PSI
+
+    [analytics.quality]
+    enabled = true
+    window_size = 1000             # last N checks per feature
+
+    [analytics.anomaly]
+    enabled = true
+    signals = ["latency_p95", "error_rate", "accuracy"]
+    interval = 10.0                # seconds per baseline point
+    baseline_points = 60
+    min_points = 10
+
+    [analytics.features.amount]    # declared for every model
+    type = "numeric"
+    min = 0.0
+    max = 10000.0
+
+    [analytics.models.fraud]       # per model name (all its versions)
+    reference = "fraud-reference.json"   # relative to the config file
+    [analytics.models.fraud.features.country]
+    type = "categorical"
+    categories = ["DE", "FR"]
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+
+MAX_WINDOW = 1_000_000
+MAX_DRIFT_WINDOW = 100_000
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    type: str = ""            # "numeric", "categorical" or "" (from the reference or first value)
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    reference: str = ""       # absolute path of a reference JSON, or ""
+    features: tuple[FeatureSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class PerformanceSettings:
+    enabled: bool = True
+    window_size: int = 1000
+    window_seconds: float = 0.0
+    label_ttl: float = 3600.0
+    max_pending: int = 20000
+    max_classes: int = 50
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    enabled: bool = True
+    statistic: str = "psi"
+    window_size: int = 1000
+    min_samples: int = 100
+    reference_size: int = 1000
+    bins: int = 10
+    quantiles: int = 100
+    max_categories: int = 50
+    epsilon: float = 1e-4
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    enabled: bool = True
+    window_size: int = 1000
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    enabled: bool = True
+    signals: tuple[str, ...] = ("latency_p95", "error_rate", "accuracy")
+    interval: float = 10.0
+    baseline_points: int = 60
+    min_points: int = 10
 
 
 @dataclass(frozen=True)
 class AnalyticsSettings:
     error_rate_window: float = 300.0
+    compute_interval: float = 1.0
+    max_models: int = 100
+    max_features: int = 100
+    performance: PerformanceSettings = field(default_factory=PerformanceSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
+    features: tuple[FeatureSpec, ...] = ()
+    models: tuple[ModelSpec, ...] = ()
+
+    @property
+    def anything(self) -> bool:
+        """Whether there is anything for the analytics engine to compute."""
+        return (self.performance.enabled or self.drift.enabled or self.quality.enabled
+                or self.anomaly.enabled)
+
+    def model(self, name: str) -> ModelSpec | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+def _bounded(section, name: str, kind, default, maximum):
+    v = section.positive(name, kind, default)
+    if v > maximum:
+        raise section.error(name, f"must be <= {maximum}, got {v}")
+    return v
+
+
+def _non_negative(section, name: str, kind, default):
+    v = section.get(name, kind, default)
+    if v < 0:
+        raise section.error(name, f"must be >= 0, got {v}")
+    return v
+
+
+def _features(section) -> tuple[FeatureSpec, ...]:
+    out = []
+    for name in section.data:
+        f = section.table(name)
+        typ = f.get("type", str, "")
+        if typ not in ("", "numeric", "categorical"):
+            raise f.error("type", "must be 'numeric' or 'categorical'")
+        lo = f.get("min", float, None)
+        hi = f.get("max", float, None)
+        cats = f.get("categories", tuple, ())
+        for i, c in enumerate(cats):
+            if type(c) not in (str, int, bool):
+                raise f.error(f"categories[{i}]", "must be a string, an integer or a boolean")
+        cats = tuple(("true" if c else "false") if type(c) is bool else str(c) for c in cats)
+        if (lo is not None or hi is not None) and typ == "categorical":
+            raise f.error("min" if lo is not None else "max", "applies to numeric features only")
+        if cats and typ == "numeric":
+            raise f.error("categories", "applies to categorical features only")
+        if lo is not None and hi is not None and lo > hi:
+            raise f.error("min", f"must be <= max ({hi}), got {lo}")
+        if not typ:
+            typ = "categorical" if cats else ("numeric" if lo is not None or hi is not None else "")
+        f.finish()
+        out.append(FeatureSpec(name, typ, lo, hi, cats))
+    section.finish()
+    return tuple(out)
 
 
 def parse(section) -> AnalyticsSettings:
+    from . import reference as refmod
+
+    s = section
+    error_rate_window = s.positive("error_rate_window", float, 300.0)
+    compute_interval = s.positive("compute_interval", float, 1.0)
+    max_models = _bounded(s, "max_models", int, 100, 10000)
+    max_features = _bounded(s, "max_features", int, 100, 10000)
+
+    p = s.table("performance")
+    perf = PerformanceSettings(
+        enabled=p.get("enabled", bool, True),
+        window_size=_bounded(p, "window_size", int, 1000, MAX_WINDOW),
+        window_seconds=_non_negative(p, "window_seconds", float, 0.0),
+        label_ttl=p.positive("label_ttl", float, 3600.0),
+        max_pending=_bounded(p, "max_pending", int, 20000, MAX_WINDOW),
+        max_classes=_bounded(p, "max_classes", int, 50, 10000),
+    )
+    p.finish()
+
+    d = s.table("drift")
+    statistic = d.get("statistic", str, "psi")
+    if statistic not in ("psi", "ks"):
+        raise d.error("statistic", f"must be 'psi' or 'ks', got {statistic!r}")
+    drift = DriftSettings(
+        enabled=d.get("enabled", bool, True),
+        statistic=statistic,
+        window_size=_bounded(d, "window_size", int, 1000, MAX_DRIFT_WINDOW),
+        min_samples=_bounded(d, "min_samples", int, 100, MAX_DRIFT_WINDOW),
+        reference_size=_bounded(d, "reference_size", int, 1000, MAX_DRIFT_WINDOW),
+        bins=_bounded(d, "bins", int, 10, 1000),
+        quantiles=_bounded(d, "quantiles", int, 100, 10000),
+        max_categories=_bounded(d, "max_categories", int, 50, 10000),
+        epsilon=d.positive("epsilon", float, 1e-4),
+    )
+    if drift.min_samples > drift.window_size:
+        raise d.error("min_samples", f"must be <= window_size ({drift.window_size})")
+    if drift.quantiles < 2:
+        raise d.error("quantiles", "must be >= 2")
+    if drift.epsilon >= 0.1:
+        raise d.error("epsilon", "must be < 0.1")
+    d.finish()
+
+    q = s.table("quality")
+    quality = QualitySettings(
+        enabled=q.get("enabled", bool, True),
+        window_size=_bounded(q, "window_size", int, 1000, MAX_WINDOW),
+    )
+    q.finish()
+
+    a = s.table("anomaly")
+    signals = a.get("signals", tuple, AnomalySettings.signals)
+    from .anomaly import SIGNALS
+
+    for i, sig in enumerate(signals):
+        if sig not in SIGNALS:
+            raise a.error(f"signals[{i}]", f"must be one of {', '.join(SIGNALS)}, got {sig!r}")
+    anomaly = AnomalySettings(
+        enabled=a.get("enabled", bool, True),
+        signals=tuple(dict.fromkeys(signals)),
+        interval=a.positive("interval", float, 10.0),
+        baseline_points=_bounded(a, "baseline_points", int, 60, 10000),
+        min_points=a.positive("min_points", int, 10),
+    )
+    if anomaly.min_points > anomaly.baseline_points:
+        raise a.error("min_points", f"must be <= baseline_points ({anomaly.baseline_points})")
+    a.finish()
+
+    features = _features(s.table("features"))
+
+    ms = s.table("models")
+    models = []
+    base = os.path.dirname(os.path.abspath(s.source)) if s.source and not s.source.startswith("(") \
+        else os.getcwd()
+    for name in ms.data:
+        m = ms.table(name)
+        ref = m.get("reference", str, "")
+        feats = _features(m.table("features"))
+        if ref:
+            ref = ref if os.path.isabs(ref) else os.path.join(base, ref)
+            try:
+                summary = refmod.load(ref)
+            except refmod.ReferenceError as exc:
+                raise m.error("reference", str(exc)) from None
+            for f in feats + features:
+                r = summary.get(f.name)
+                if r is not None and f.type and r["type"] != f.type:
+                    raise m.error("reference", f"feature {f.name!r} is {r['type']} in the reference "
+                                               f"but declared {f.type}")
+        m.finish()
+        models.append(ModelSpec(name, ref, feats))
+    ms.finish()
+
     out = AnalyticsSettings(
-        error_rate_window=section.positive("error_rate_window", float, 300.0),
+        error_rate_window=error_rate_window, compute_interval=compute_interval,
+        max_models=max_models, max_features=max_features, performance=perf, drift=drift,
+        quality=quality, anomaly=anomaly, features=features, models=tuple(models),
     )
     section.finish()
     return out
+
+
+# Importing the settings (which config parsing does in every process) registers the
+# analytics metric families, so the server knows their help text and expiry.
+from . import anomaly, drift, performance, quality  # noqa: E402,F401

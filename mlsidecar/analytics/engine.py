@@ -1,0 +1,274 @@
+"""The analytics engine the Mapper calls: live scores, feature drift, data quality, anomalies.
+
+Per event (:meth:`Engine.on_prediction`, :meth:`Engine.label`) it only files
+values into bounded per-model state: a window append, a few dict increments,
+a ring-buffer write per feature. Everything heavier (scores, PSI, KS, quality
+rates, anomaly scores) happens in :meth:`Engine.tick`, at most every
+``compute_interval`` seconds; counter deltas are handed to the batch on every
+tick so the ``_total`` counters are as fresh as the core's.
+
+``build(settings)`` returns None only when every part is switched off, so the
+Mapper then never calls into analytics. With the defaults it returns an
+engine, and labelled predictions get live scores without any configuration.
+An event with none of ``y_true``, ``y_pred``, ``prediction_id``, ``features``
+costs four dict look-ups.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .. import catalogue as C
+from ..catalogue import COUNTER, Family
+from ..events import MISSING_FIELD, WRONG_TYPE, Rejected
+from . import reference as refmod
+from .anomaly import AnomalyTracker
+from .drift import DRIFT_KS, DRIFT_PSI, DRIFT_WINDOW, KS_STAT, FeatureDrift
+from .performance import LabelJoin, LiveWindow, class_label, prediction_key
+from .quality import PROBLEMS, RATE, FeatureTracker, flush_counters, model_scores
+from .settings import AnalyticsSettings
+
+log = logging.getLogger("mlsidecar.analytics")
+
+DROPPED = C.register(Family(
+    "mlsidecar_analytics_dropped_total", COUNTER,
+    "Analytics inputs not tracked because a bound was reached (too_many_models, too_many_features).",
+    ("reason",), fed_by="prediction"))
+
+
+class ModelState:
+    __slots__ = ("labels", "perf", "features", "seq", "spec_features", "reference")
+
+    def __init__(self, labels: tuple[str, str]):
+        self.labels = labels
+        self.perf: LiveWindow | None = None
+        self.features: dict[str, FeatureTracker] = {}
+        self.seq = 0
+
+
+class Engine:
+    def __init__(self, settings: AnalyticsSettings, references: dict[str, dict] | None = None):
+        self.s = settings
+        self.perf_on = settings.performance.enabled
+        self.drift_on = settings.drift.enabled
+        self.quality_on = settings.quality.enabled
+        self.models: dict[tuple[str, str], ModelState] = {}
+        p = settings.performance
+        self.join = LabelJoin(p.label_ttl, p.max_pending) if self.perf_on else None
+        a = settings.anomaly
+        self.anomaly = (AnomalyTracker(a.signals, a.baseline_points, a.min_points, settings.max_models)
+                        if a.enabled else None)
+        self.references = references or {}
+        self.now = 0.0
+        self.last_compute = float("-inf")
+        self.last_anomaly = None
+        self.dropped: dict[str, int] = {}
+        self._dropped_flushed: dict[str, int] = {}
+        self._features_track = self.drift_on or self.quality_on
+        # Declared features: global ones, overridden by the model's own.
+        self._declared: dict[str, dict[str, object]] = {}
+        for m in settings.models:
+            self._declared[m.name] = {f.name: f for f in settings.features}
+            self._declared[m.name].update({f.name: f for f in m.features})
+        self._global = {f.name: f for f in settings.features}
+
+    # --- the Mapper's interface ------------------------------------------------------
+    def handlers(self) -> dict:
+        return {"label": self.label} if self.perf_on else {}
+
+    def on_prediction(self, ev: dict, model: str, version: str, now: float) -> None:
+        if ("features" not in ev and "y_pred" not in ev and "y_true" not in ev
+                and "prediction_id" not in ev):
+            return
+        # Validate everything first, so a rejected event leaves no trace here.
+        y_true = ev.get("y_true")
+        y_pred = ev.get("y_pred")
+        pid = ev.get("prediction_id")
+        feats = ev.get("features")
+        if y_true is not None or y_pred is not None:
+            if y_pred is None:
+                raise Rejected(MISSING_FIELD, "'y_true' needs 'y_pred'")
+            y_pred = class_label(y_pred, "y_pred")
+            if y_true is not None:
+                y_true = class_label(y_true, "y_true")
+        if pid is not None:
+            pid = prediction_key(pid)
+        if feats is not None and type(feats) is not dict:
+            raise Rejected(WRONG_TYPE, "'features' must be an object of name -> value")
+        ms = self.models.get((model, version))
+        if ms is None:
+            ms = self._new_model(model, version)
+            if ms is None:
+                return
+        if y_pred is not None and self.perf_on:
+            if y_true is not None:
+                ms.perf.add(now, y_true, y_pred)
+            elif pid is not None:
+                self.join.wait(pid, now, ms.perf, y_pred)
+        if feats is not None and self._features_track:
+            self._features(ms, feats)
+
+    def label(self, ev: dict) -> None:
+        """A ``label`` event: the true class of an earlier prediction."""
+        pid = prediction_key(ev.get("prediction_id"))
+        y_true = class_label(ev.get("y_true"), "y_true")
+        self.join.label(pid, y_true, self.now)
+
+    def tick(self, batch, now: float) -> None:
+        self.now = now
+        if self.anomaly is not None:
+            self.anomaly.accumulate(batch)
+        for ms in self.models.values():
+            if ms.perf is not None:
+                ms.perf.flush_counters(batch, ms.labels)
+            for name, tr in ms.features.items():
+                if tr.ring.dirty:
+                    flush_counters(batch, ms.labels + (name[:128],), tr.ring)
+        for reason, n in self.dropped.items():
+            d = n - self._dropped_flushed.get(reason, 0)
+            if d:
+                batch.inc(DROPPED, (reason,), d)
+                self._dropped_flushed[reason] = n
+        if now - self.last_compute >= self.s.compute_interval:
+            self.last_compute = now
+            self.compute(batch, now)
+        if self.anomaly is not None:
+            if self.last_anomaly is None:
+                self.last_anomaly = now
+            elif now - self.last_anomaly >= self.s.anomaly.interval:
+                self.last_anomaly = now
+                self.anomaly.sample(batch, self._accuracy)
+        if self.join is not None:
+            self.join.flush(batch)
+
+    # --- state -----------------------------------------------------------------------
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def _new_model(self, model: str, version: str) -> ModelState | None:
+        if len(self.models) >= self.s.max_models:
+            self._drop("too_many_models")
+            return None
+        ms = self.models[(model, version)] = ModelState((model, version))
+        p = self.s.performance
+        if self.perf_on:
+            ms.perf = LiveWindow(p.window_size, p.window_seconds, p.max_classes)
+        declared = self._declared.get(model, self._global)
+        ms.spec_features = declared
+        ms.reference = self.references.get(model, {})
+        if self._features_track:
+            for name in list(declared) + [n for n in ms.reference if n not in declared]:
+                self._new_feature(ms, name)
+        return ms
+
+    def _new_feature(self, ms: ModelState, name: str) -> FeatureTracker | None:
+        if len(ms.features) >= self.s.max_features:
+            self._drop("too_many_features")
+            return None
+        spec = ms.spec_features.get(name)
+        ref = ms.reference.get(name)
+        kind = (spec.type if spec is not None else "") or (ref["type"] if ref is not None else None)
+        d = self.s.drift
+        make_drift = None
+        if self.drift_on:
+            def make_drift(k, ref=ref):
+                use = ref if ref is not None and ref["type"] == k else None
+                return FeatureDrift(k, use, d.window_size, d.reference_size, d.bins, d.quantiles,
+                                    d.max_categories)
+        tr = FeatureTracker(kind, self.s.quality.window_size,
+                            spec.min if spec is not None else None,
+                            spec.max if spec is not None else None,
+                            spec.categories if spec is not None else None, make_drift)
+        ms.features[name] = tr
+        return tr
+
+    def _features(self, ms: ModelState, feats: dict) -> None:
+        ms.seq = seq = ms.seq + 1
+        trackers = ms.features
+        matched = 0
+        for name, v in feats.items():
+            tr = trackers.get(name)
+            if tr is None:
+                tr = self._new_feature(ms, name)
+                if tr is None:
+                    continue
+            tr.seen = seq
+            tr.observe(v)
+            matched += 1
+        if matched < len(trackers):
+            for tr in trackers.values():
+                if tr.seen != seq:
+                    tr.seen = seq
+                    tr.observe(None)
+
+    def _accuracy(self, key) -> float | None:
+        ms = self.models.get(key)
+        if ms is None or ms.perf is None:
+            return None
+        return ms.perf.accuracy()
+
+    # --- derived gauges ----------------------------------------------------------------
+    def compute(self, batch, now: float) -> None:
+        d = self.s.drift
+        primary_ks = d.statistic == KS_STAT
+        if self.join is not None:
+            self.join.expire(now)
+        for ms in self.models.values():
+            labels = ms.labels
+            if ms.perf is not None:
+                ms.perf.set_gauges(batch, labels, now)
+            if not ms.features:
+                continue
+            quality_dirty = False
+            for name, tr in ms.features.items():
+                flabels = labels + (name[:128],)
+                ring = tr.ring
+                if ring.dirty and self.quality_on:
+                    ring.dirty = False
+                    quality_dirty = True
+                    rates = ring.rates()
+                    if rates is not None:
+                        for problem, r in zip(PROBLEMS, rates):
+                            batch.set(RATE, flabels + (problem,), r)
+                dr = tr.drift
+                if dr is not None and dr.dirty:
+                    dr.dirty = False
+                    n = len(dr.window)
+                    batch.set(DRIFT_WINDOW, flabels, float(n))
+                    if n < d.min_samples:
+                        continue
+                    res = dr.compute(d.epsilon)
+                    if res is None:
+                        continue
+                    p, ks = res
+                    batch.set(DRIFT_PSI, flabels, p)
+                    if ks is not None:
+                        batch.set(DRIFT_KS, flabels, ks)
+                    # KS is not defined for categorical features: their primary is PSI.
+                    batch.set(C.FEATURE_DRIFT, flabels, ks if (primary_ks and ks is not None) else p)
+            if quality_dirty:
+                scores = model_scores(tr.ring for tr in ms.features.values())
+                if scores is not None:
+                    for metric, v in scores.items():
+                        batch.set(C.DATA_QUALITY, labels + (metric,), v)
+
+
+def load_references(settings: AnalyticsSettings) -> dict[str, dict]:
+    out = {}
+    for m in settings.models:
+        if m.reference:
+            try:
+                out[m.name] = refmod.load(m.reference)
+            except refmod.ReferenceError as exc:
+                log.error("model %s: %s; drift uses the first %d values instead", m.name, exc,
+                          settings.drift.reference_size)
+    return out
+
+
+def build(settings: AnalyticsSettings | None = None) -> Engine | None:
+    """The engine for these settings (the defaults when None); None when all is switched off."""
+    if settings is None:
+        settings = AnalyticsSettings()
+    if not settings.anything:
+        return None
+    return Engine(settings, load_references(settings) if settings.drift.enabled else None)

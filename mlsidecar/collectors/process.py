@@ -1,0 +1,413 @@
+"""The workload's processes, read with psutil.
+
+Which processes are "the workload" (option ``mode``):
+
+- ``pid_file``: the PID(s) written in ``pid_file`` (a path or a glob), plus
+  their descendants when ``children`` is true (dataloader workers, torchrun
+  ranks).
+- ``cmdline``: every process whose command line (arguments joined by spaces)
+  matches the regular expression ``cmdline``, plus descendants.
+- ``namespace``: every process in this PID namespace except the sidecar
+  itself -- the Kubernetes pod with ``shareProcessNamespace: true``. The pod's
+  ``pause`` process (PID 1) is left out too.
+- ``auto`` (default): ``$MLSIDECAR_PROCESS_MODE`` when set; else ``pid_file``
+  or ``cmdline`` when one is configured; else ``namespace`` when the sidecar
+  runs in a PID namespace of its own (a container). On a host (the initial PID
+  namespace) with nothing configured there is nothing sane to watch -- "every
+  process on the machine" is node_exporter's job -- so the collector reports
+  ``up=0`` with one log line saying what to set.
+
+"The sidecar" is the supervisor and all its descendants: the collector runs
+in a child of the supervisor, so the parent's process tree is left out.
+
+Values are summed over the workload (bounded cardinality: no ``pid`` label).
+The set of processes changes, so a plain sum of their CPU seconds would go
+backwards when one exits. Counters are therefore running totals: each poll
+adds only the positive per-process increase since the previous poll (a
+process seen for the first time adds all it has used so far). What a process
+used between its last poll and its exit is not counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import multiprocessing
+import os
+import re
+import time
+from typing import Any, Iterable
+
+from .. import catalogue as C
+from ..catalogue import COUNTER, GAUGE, Family
+from ..logs import RateLimitedLog
+from . import Collector, CollectorSettings, CollectorUnavailable, register
+
+log = logging.getLogger("mlsidecar.collectors.process")
+
+# The inode of the initial PID namespace (PROC_PID_INIT_INO in the kernel): a
+# constant, so "are we on the host or in a container's namespace" is one readlink.
+INIT_PID_NS_INODE = 0xEFFFFFFC
+MODES = ("auto", "pid_file", "cmdline", "namespace")
+MODE_ENV = "MLSIDECAR_PROCESS_MODE"
+
+
+def _f(*args, **kwargs) -> Family:
+    return C.register(Family(*args, **kwargs, fed_by="process collector"))
+
+
+CPU_SECONDS = _f("ml_process_cpu_seconds_total", COUNTER,
+                 "CPU time used by the workload's processes, by mode (running total).",
+                 ("mode",), unit="seconds")
+RESIDENT = _f("ml_process_resident_memory_bytes", GAUGE,
+              "Resident memory (RSS) of the workload's processes, summed.", unit="bytes")
+PSS = _f("ml_process_pss_memory_bytes", GAUGE,
+         "Proportional set size of the workload's processes, summed (shared pages counted once).",
+         unit="bytes")
+THREADS = _f("ml_process_threads", GAUGE, "Threads of the workload's processes, summed.")
+OPEN_FDS = _f("ml_process_open_fds", GAUGE, "Open file descriptors of the workload's processes, summed.")
+MAX_FDS = _f("ml_process_max_fds", GAUGE,
+             "The smallest open-files soft limit (RLIMIT_NOFILE) among the workload's processes.")
+FD_RATIO = _f("ml_process_max_fd_usage_ratio", GAUGE,
+              "The highest open fds / fd limit among the workload's processes (0-1).")
+IO_READ = _f("ml_process_io_read_bytes_total", COUNTER,
+             "Bytes the workload's processes caused to be read from storage (running total).",
+             unit="bytes")
+IO_WRITE = _f("ml_process_io_write_bytes_total", COUNTER,
+              "Bytes the workload's processes caused to be written to storage (running total).",
+              unit="bytes")
+CTX_SWITCHES = _f("ml_process_context_switches_total", COUNTER,
+                  "Context switches of the workload's processes, by kind (running total).", ("kind",))
+COUNT = _f("ml_process_count", GAUGE, "Processes that make up the workload.")
+
+
+# --- helpers shared by the collectors ---------------------------------------
+
+def in_initial_pid_namespace(proc_root: str = "/proc") -> bool | None:
+    """True on the host's PID namespace, False in a container's; None when /proc cannot say."""
+    try:
+        link = os.readlink(os.path.join(proc_root, "self", "ns", "pid"))
+    except OSError:
+        return None
+    return link == f"pid:[{INIT_PID_NS_INODE}]"
+
+
+def default_sidecar_root() -> int:
+    """The PID whose process tree is the sidecar: the supervisor when we run in a worker."""
+    return os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
+
+
+def job_name(settings: CollectorSettings, environ=os.environ) -> str:
+    return settings.options.get("job_name") or environ.get("JOB_NAME", "")
+
+
+class Published:
+    """The series a collector wrote last time, so the ones it did not write now are removed."""
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[Family, tuple[str, ...]]] = set()
+
+    def update(self, writer, readings: dict[tuple[Family, tuple[str, ...]], float]) -> None:
+        now = time.time()
+        for (fam, labels), value in readings.items():
+            if fam.type == COUNTER:
+                writer.set_counter(fam, labels, value, now)
+            else:
+                writer.set_gauge(fam, labels, value, now)
+        for key in self.keys - readings.keys():
+            writer.remove(*key)
+        self.keys = set(readings)
+
+    def clear(self, writer) -> None:
+        for key in self.keys:
+            writer.remove(*key)
+        self.keys = set()
+
+
+class RunningTotals:
+    """Counters summed over a changing set of processes that never go backwards.
+
+    ``add(key, {name: value})`` per process per poll, then ``end_poll()``.
+    ``start`` gives the totals to continue from (values read back from the
+    metric files after a worker restart); while continuing, the processes seen
+    on the first poll only set the baseline, so nothing is counted twice.
+    """
+
+    def __init__(self, names: Iterable[str], start: dict[str, float] | None = None) -> None:
+        self.totals = {n: 0.0 for n in names}
+        self.continuing = bool(start)
+        if start:
+            self.totals.update(start)
+        self._last: dict[Any, dict[str, float]] = {}
+        self._seen: set = set()
+        self._first = True
+
+    def add(self, key: Any, values: dict[str, float]) -> None:
+        last = self._last.get(key)
+        for name, value in values.items():
+            if last is not None and name in last:
+                delta = value - last[name]
+            elif self._first and self.continuing:
+                delta = 0.0
+            else:
+                delta = value
+            if delta > 0:
+                self.totals[name] += delta
+        self._last[key] = dict(values) if last is None else {**last, **values}
+        self._seen.add(key)
+
+    def end_poll(self) -> None:
+        for key in self._last.keys() - self._seen:
+            del self._last[key]
+        self._seen = set()
+        self._first = False
+
+
+class Workload:
+    """Finds the workload's processes (see the module docstring for the modes)."""
+
+    def __init__(self, mode: str = "auto", pid_file: str = "", cmdline: str = "", children: bool = True,
+                 psutil_mod=None, proc_root: str = "/proc", environ=None, sidecar_root: Any = "auto"):
+        if psutil_mod is None:
+            import psutil as psutil_mod
+        self.psutil = psutil_mod
+        self.proc_root = proc_root
+        self.environ = os.environ if environ is None else environ
+        self.pid_file = pid_file
+        self.children = children
+        self.sidecar_root = default_sidecar_root() if sidecar_root == "auto" else sidecar_root
+        self.mode = self._resolve(mode, pid_file, cmdline)
+        self.pattern = None
+        if self.mode == "cmdline":
+            try:
+                self.pattern = re.compile(cmdline)
+            except re.error as exc:
+                raise CollectorUnavailable(f"cmdline pattern {cmdline!r} is not a valid regex: {exc}")
+
+    def _resolve(self, mode: str, pid_file: str, cmdline: str) -> str:
+        if mode == "auto" and self.environ.get(MODE_ENV):
+            mode = self.environ[MODE_ENV].strip().lower()
+            if mode not in MODES:
+                raise CollectorUnavailable(f"${MODE_ENV}={mode!r}; use one of {', '.join(MODES)}")
+        if mode not in MODES:
+            raise CollectorUnavailable(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode == "auto":
+            if pid_file:
+                return "pid_file"
+            if cmdline:
+                return "cmdline"
+            if in_initial_pid_namespace(self.proc_root) is False:
+                return "namespace"
+            raise CollectorUnavailable(
+                "nothing to watch: set pid_file or cmdline in [collectors.process] "
+                f"(or mode = \"namespace\" / ${MODE_ENV}=namespace in a pod with shareProcessNamespace)")
+        if mode == "pid_file" and not pid_file:
+            raise CollectorUnavailable("mode = \"pid_file\" needs the pid_file option")
+        if mode == "cmdline" and not cmdline:
+            raise CollectorUnavailable("mode = \"cmdline\" needs the cmdline option")
+        return mode
+
+    def describe(self) -> str:
+        if self.mode == "pid_file":
+            return f"pid_file {self.pid_file}"
+        if self.mode == "cmdline":
+            return f"cmdline /{self.pattern.pattern}/"
+        return "every process in this PID namespace except the sidecar"
+
+    def _pid_file_pids(self) -> set[int]:
+        pids = set()
+        paths = glob.glob(self.pid_file) if glob.has_magic(self.pid_file) else [self.pid_file]
+        for path in paths:
+            try:
+                with open(path) as fh:
+                    text = fh.read(64).strip()
+            except OSError:
+                continue  # not written yet, or gone with its process
+            if text.isdigit():
+                pids.add(int(text))
+        return pids
+
+    def select(self) -> list:
+        """The workload's live processes (psutil.Process objects; zombies left out)."""
+        ps = self.psutil
+        attrs = ["pid", "ppid", "name", "status"]
+        if self.mode == "cmdline":
+            attrs.append("cmdline")
+        procs = {}
+        kids: dict[int, list[int]] = {}
+        for p in ps.process_iter(attrs):
+            info = p.info
+            procs[info["pid"]] = p
+            kids.setdefault(info["ppid"], []).append(info["pid"])
+
+        def tree(roots: Iterable[int]) -> set[int]:
+            out, stack = set(), [r for r in roots if r in procs]
+            while stack:
+                pid = stack.pop()
+                if pid in out:
+                    continue
+                out.add(pid)
+                stack.extend(kids.get(pid, ()))
+            return out
+
+        excluded = tree([self.sidecar_root]) if self.sidecar_root is not None else set()
+        if self.mode == "pid_file":
+            roots = self._pid_file_pids() & procs.keys()
+            chosen = tree(roots) if self.children else roots
+        elif self.mode == "cmdline":
+            roots = {pid for pid, p in procs.items()
+                     if pid not in excluded and self.pattern.search(" ".join(p.info.get("cmdline") or ()))}
+            chosen = (tree(roots) if self.children else roots) - excluded
+        else:
+            kthreadd = procs.get(2)
+            kernel = tree([2]) if kthreadd is not None and kthreadd.info.get("name") == "kthreadd" else set()
+            chosen = procs.keys() - excluded - kernel
+            one = procs.get(1)
+            if one is not None and one.info.get("name") == "pause":
+                chosen.discard(1)
+        zombie = getattr(ps, "STATUS_ZOMBIE", "zombie")
+        return [procs[pid] for pid in sorted(chosen) if procs[pid].info.get("status") != zombie]
+
+
+def workload_from_options(opts: dict, psutil_mod=None, proc_root: str = "/proc", environ=None,
+                          sidecar_root: Any = "auto") -> Workload:
+    return Workload(opts.get("mode", "auto"), opts.get("pid_file", ""), opts.get("cmdline", ""),
+                    opts.get("children", True), psutil_mod=psutil_mod, proc_root=proc_root,
+                    environ=environ, sidecar_root=sidecar_root)
+
+
+WORKLOAD_OPTIONS: dict[str, tuple[type, Any]] = {
+    "mode": (str, "auto"),
+    "pid_file": (str, ""),
+    "cmdline": (str, ""),
+    "children": (bool, True),
+}
+
+_COUNTERS = {
+    "user": (CPU_SECONDS, ("user",)),
+    "system": (CPU_SECONDS, ("system",)),
+    "read": (IO_READ, ()),
+    "write": (IO_WRITE, ()),
+    "voluntary": (CTX_SWITCHES, ("voluntary",)),
+    "involuntary": (CTX_SWITCHES, ("involuntary",)),
+}
+
+
+@register
+class ProcessCollector(Collector):
+    """CPU, memory, threads, fds, I/O and context switches of the workload's processes."""
+
+    name = "process"
+    default_enabled = True
+    default_interval = 5.0
+    options = {
+        **WORKLOAD_OPTIONS,
+        "pss": (bool, True),
+        "job_name": (str, ""),
+    }
+
+    def __init__(self, settings: CollectorSettings, psutil=None, proc_root: str = "/proc",
+                 environ=None, sidecar_root: Any = "auto", **handles: Any):
+        super().__init__(settings)
+        self._psutil = psutil
+        self._proc_root = proc_root
+        self._environ = os.environ if environ is None else environ
+        self._sidecar_root = sidecar_root
+        self.workload: Workload | None = None
+        self._published = Published()
+        self._totals: RunningTotals | None = None
+        self._denied = RateLimitedLog(log, interval=600.0)
+
+    def setup(self) -> None:
+        ps = self._psutil
+        if ps is None:
+            try:
+                import psutil as ps
+            except ImportError:
+                raise CollectorUnavailable("psutil is not installed") from None
+            self._psutil = ps
+        self.workload = workload_from_options(self.settings.options, ps, self._proc_root,
+                                              self._environ, self._sidecar_root)
+        self.job_name = job_name(self.settings, self._environ)
+        log.info("process collector watching %s", self.workload.describe())
+
+    def _read(self, p) -> dict | None:
+        ps = self._psutil
+        denied = ps.AccessDenied
+        r: dict[str, float] = {}
+        try:
+            with p.oneshot():
+                ct = p.cpu_times()
+                r["user"], r["system"] = ct.user, ct.system
+                r["rss"] = p.memory_info().rss
+                r["threads"] = p.num_threads()
+                ctx = p.num_ctx_switches()
+                r["voluntary"], r["involuntary"] = ctx.voluntary, ctx.involuntary
+                r["ctime"] = p.create_time()
+                try:
+                    r["fds"] = p.num_fds()
+                except denied:
+                    pass
+                try:
+                    r["max_fds"] = p.rlimit(ps.RLIMIT_NOFILE)[0]
+                except (denied, AttributeError, OSError):
+                    pass
+                try:
+                    io = p.io_counters()
+                    r["read"], r["write"] = io.read_bytes, io.write_bytes
+                except (denied, AttributeError):
+                    pass
+                if self.settings.options.get("pss", True):
+                    try:
+                        r["pss"] = p.memory_full_info().pss
+                    except (denied, AttributeError):
+                        pass
+        except ps.NoSuchProcess:  # gone (ZombieProcess is a NoSuchProcess too)
+            return None
+        except denied as exc:
+            self._denied.warning("denied", "process collector: cannot read process %s (%s); left out",
+                                 p.pid, exc)
+            return None
+        return r
+
+    def collect(self, writer) -> None:
+        if self._totals is None:
+            start = {}
+            for name, (fam, labels) in _COUNTERS.items():
+                v = writer.values.get((fam, labels))
+                if v is not None:
+                    start[name] = v
+            self._totals = RunningTotals(_COUNTERS, start)
+        totals = self._totals
+        rows = []
+        for p in self.workload.select():
+            r = self._read(p)
+            if r is None:
+                continue
+            rows.append(r)
+            totals.add((p.pid, r["ctime"]), {k: r[k] for k in _COUNTERS if k in r})
+        totals.end_poll()
+
+        out: dict = {(COUNT, ()): float(len(rows))}
+        for name, (fam, labels) in _COUNTERS.items():
+            out[(fam, labels)] = totals.totals[name]
+        rss = float(sum(r["rss"] for r in rows))
+        out[(RESIDENT, ())] = rss
+        out[(THREADS, ())] = float(sum(r["threads"] for r in rows))
+        # Gauges that would mislead when some process could not be read are left out then.
+        if self.settings.options.get("pss", True) and all("pss" in r for r in rows):
+            out[(PSS, ())] = float(sum(r["pss"] for r in rows))
+        if all("fds" in r for r in rows):
+            out[(OPEN_FDS, ())] = float(sum(r["fds"] for r in rows))
+        limits = [r["max_fds"] for r in rows if r.get("max_fds", -1) > 0]
+        if limits:
+            out[(MAX_FDS, ())] = float(min(limits))
+        ratios = [r["fds"] / r["max_fds"] for r in rows if "fds" in r and r.get("max_fds", -1) > 0]
+        if ratios:
+            out[(FD_RATIO, ())] = max(ratios)
+        if self.job_name:
+            out[(C.TRAINING_MEMORY, (self.job_name, "rss"))] = rss
+        self._published.update(writer, out)
+
+    def close(self) -> None:
+        self.workload = None
