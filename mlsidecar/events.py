@@ -9,6 +9,7 @@ schema, the docs and :mod:`mlsidecar.mapping` in agreement.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 
 import orjson
@@ -35,6 +36,9 @@ KINDS = ("prediction", "label", "evaluation", "drift", "data_quality", "deployme
          "batch", "checkpoint", "pipeline", "queue", "freshness", "schema_violation", "metric")
 
 MAX_LABEL_LENGTH = 128
+
+# RFC 3339 date-time with a zone: the same pattern as events.schema.json.
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 class Rejected(Exception):
@@ -126,11 +130,11 @@ def timestamp(ev: dict, name: str = "ts") -> float | None:
             raise Rejected(BAD_TIMESTAMP, f"'{name}' must be a non-negative unix time")
         return float(v)
     if t is str:
+        if not RFC3339.match(v):
+            raise Rejected(BAD_TIMESTAMP, f"'{name}' is not RFC 3339 with a zone (e.g. "
+                                          f"2026-11-26T07:00:00Z): {v[:40]!r}")
         try:
-            dt = datetime.fromisoformat(v)
+            return datetime.fromisoformat(v).timestamp()
         except ValueError:
-            raise Rejected(BAD_TIMESTAMP, f"'{name}' is not RFC 3339: {v[:40]!r}") from None
-        if dt.tzinfo is None:
-            raise Rejected(BAD_TIMESTAMP, f"'{name}' needs a time zone (e.g. Z): {v[:40]!r}")
-        return dt.timestamp()
+            raise Rejected(BAD_TIMESTAMP, f"'{name}' is not a valid time: {v[:40]!r}") from None
     raise Rejected(BAD_TIMESTAMP, f"'{name}' must be a number or an RFC 3339 string")

@@ -1,0 +1,112 @@
+"""A tiny helper for Python workloads: one call per event, standard library only.
+
+It never raises into the workload and never blocks it: a datagram that the
+sidecar's socket cannot take right now, or a file that cannot be written, is
+dropped and counted in ``EventClient.dropped``.
+
+    events = EventClient(socket="/var/run/ml/events.dgram")   # or path="/var/log/app/events.jsonl"
+    events.prediction("resnet50", "v3", latency_s=0.012, confidence=0.93)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket as _socket
+import threading
+import time
+
+
+class EventClient:
+    def __init__(self, path: str | None = None, socket: str | None = None):
+        if (path is None) == (socket is None):
+            raise ValueError("give exactly one of path= or socket=")
+        self.path = path
+        self.socket_path = socket
+        self.dropped = 0
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._sock: _socket.socket | None = None
+        self._fd: int | None = None
+
+    def emit(self, event: str, **fields) -> bool:
+        """Send one event; True when it was handed on, False when it was dropped."""
+        try:
+            data = json.dumps({"event": event, **fields}, separators=(",", ":"), allow_nan=False)
+            return self._send(data.encode() + b"\n")
+        except Exception:  # noqa: BLE001 - the workload must never see our errors
+            self.dropped += 1
+            return False
+
+    def _send(self, data: bytes) -> bool:
+        with self._lock:
+            try:
+                if self.socket_path is not None:
+                    if self._sock is None:
+                        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+                        self._sock.setblocking(False)
+                    self._sock.sendto(data, self.socket_path)
+                else:
+                    if self._fd is None:
+                        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    if os.write(self._fd, data) != len(data):
+                        raise OSError("short write")
+            except OSError:
+                self.dropped += 1
+                self._reset()
+                return False
+        self.sent += 1
+        return True
+
+    def _reset(self) -> None:
+        """After an error (socket gone, file rotated away) open afresh next time."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def reopen(self) -> None:
+        """Call after log rotation (e.g. from a SIGHUP handler) to write to the new file."""
+        with self._lock:
+            self._reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    # --- one method per common kind -------------------------------------------------
+    def prediction(self, model: str, version: str, latency_s: float, status: str = "success",
+                   confidence: float | None = None, **extra) -> bool:
+        fields = {"model": model, "version": version, "status": status, "latency_s": latency_s, **extra}
+        if confidence is not None:
+            fields["confidence"] = confidence
+        return self.emit("prediction", **fields)
+
+    def training(self, job: str, epoch: float | None = None, losses: dict | None = None,
+                 learning_rate: float | None = None) -> bool:
+        fields = {k: v for k, v in (("epoch", epoch), ("losses", losses), ("learning_rate", learning_rate))
+                  if v is not None}
+        return self.emit("training", job=job, **fields)
+
+    def batch(self, job: str, duration_s: float, batch_size: int | None = None) -> bool:
+        fields = {"duration_s": duration_s}
+        if batch_size is not None:
+            fields["batch_size"] = batch_size
+        return self.emit("batch", job=job, **fields)
+
+    def pipeline(self, pipeline: str, stage: str, records: int, duration_s: float,
+                 status: str = "success") -> bool:
+        return self.emit("pipeline", pipeline=pipeline, stage=stage, records=records,
+                         duration_s=duration_s, status=status)
+
+    def freshness(self, pipeline: str, source: str, data_ts: float | None = None) -> bool:
+        return self.emit("freshness", pipeline=pipeline, source=source,
+                         data_ts=time.time() if data_ts is None else data_ts)
+
+    def metric(self, name: str, value: float, type: str = "gauge", **labels: str) -> bool:
+        return self.emit("metric", name=name, type=type, value=value, labels=labels)
