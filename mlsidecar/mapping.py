@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 
 from . import catalogue as C
@@ -22,6 +23,7 @@ from .analytics.scores import classification_scores
 from .analytics.window import SlidingRatio
 from .store import Batch
 
+PREDICTIONS, LATENCY, CONFIDENCE = C.PREDICTIONS, C.PREDICTION_LATENCY, C.PREDICTION_CONFIDENCE
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_EVAL_SAMPLES = 1_000_000
@@ -74,8 +76,9 @@ class Mapper:
             if users:
                 return self._user(kind, ev, users)
             raise Rejected(UNKNOWN_KIND, f"unknown event kind {kind[:60]!r}")
-        if "ts" in ev:
-            timestamp(ev)
+        ts = ev.get("ts")
+        if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
+            timestamp(ev)  # anything but a plain positive float gets the full check
         handler(ev)
         users = self.user_mappings.get(kind)
         if users:
@@ -94,9 +97,18 @@ class Mapper:
 
     # --- model -----------------------------------------------------------------
     def prediction(self, ev: dict) -> None:
-        model = label(ev, "model")
-        version = label(ev, "version", "unknown")
-        status = label(ev, "status", "success")
+        # The hot path (most events are predictions): plain strings and floats are taken as
+        # they are; anything else goes through the general helpers, which reject precisely.
+        maxlen = events.MAX_LABEL_LENGTH
+        model = ev.get("model")
+        if type(model) is not str or len(model) > maxlen:
+            model = label(ev, "model")
+        version = ev.get("version", "unknown")
+        if type(version) is not str or len(version) > maxlen:
+            version = label(ev, "version", "unknown")
+        status = ev.get("status", "success")
+        if type(status) is not str or len(status) > maxlen:
+            status = label(ev, "status", "success")
         latency = ev.get("latency_s")
         t = type(latency)
         if t is not float and t is not int:
@@ -104,20 +116,30 @@ class Mapper:
         elif not 0 <= latency < 1e300:
             raise Rejected(INVALID_VALUE, f"'latency_s' must be >= 0 and finite, got {latency}")
         conf = ev.get("confidence")
-        if conf is not None:
+        if conf is not None and (type(conf) is not float or not 0.0 <= conf <= 1.0):
             conf = check_number(conf, "confidence", 0.0, 1.0)
         batch = self.batch
         mv = (model, version)
-        key = (C.PREDICTIONS, (model, version, status))
+        key = (PREDICTIONS, (model, version, status))
         counters = batch.counters
-        if key not in counters:
-            counters[key] = 0.0
-            batch.zero.add((C.PREDICTIONS, (model, version, "success")))
-            batch.zero.add((C.PREDICTIONS, (model, version, "error")))
-        counters[key] += 1.0
-        batch.observe(C.PREDICTION_LATENCY, mv, latency)
+        n = counters.get(key)
+        if n is None:
+            n = 0.0
+            batch.zero.add((PREDICTIONS, (model, version, "success")))
+            batch.zero.add((PREDICTIONS, (model, version, "error")))
+        counters[key] = n + 1.0
+        hists = batch.histograms
+        h = hists.get((LATENCY, mv))
+        if h is None:
+            h = hists[(LATENCY, mv)] = [0.0] * (len(LATENCY.buckets) + 2)
+        h[bisect_left(LATENCY.buckets, latency)] += 1
+        h[-1] += latency
         if conf is not None:
-            batch.observe(C.PREDICTION_CONFIDENCE, mv, conf)
+            h = hists.get((CONFIDENCE, mv))
+            if h is None:
+                h = hists[(CONFIDENCE, mv)] = [0.0] * (len(CONFIDENCE.buckets) + 2)
+            h[bisect_left(CONFIDENCE.buckets, conf)] += 1
+            h[-1] += conf
         if self.analytics is not None:
             self.analytics.on_prediction(ev, model, version, self.now)
 
