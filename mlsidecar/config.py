@@ -151,7 +151,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 def load(path: str | None = None) -> Config:
     """Read a config file (or the defaults when ``path`` is None)."""
     if path is None:
-        return Config()
+        return from_dict({}, "(defaults)")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
