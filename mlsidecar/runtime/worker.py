@@ -29,6 +29,7 @@ from .state import StateDir
 log = logging.getLogger("mlsidecar.worker")
 
 INTERNAL = "internal_error"
+READ_PAUSE = 0.05  # seconds between reads of a file that is written slowly
 
 
 class Stop:
@@ -194,10 +195,11 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 if stop.requested:
                     break
             now = time.time()
-            if now - last_flush >= flush_every or not progressed:
-                if batch or bytes_read or oversized_sources or not last_flush:
-                    flush(now)
+            pending = bool(batch or bytes_read or oversized_sources)
+            if now - last_flush >= flush_every and (pending or not last_flush):
+                flush(now)
                 last_flush = now
+                pending = False
             if now - last_status >= 1.0:
                 tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
                 writer.forget_expired(now)
@@ -211,7 +213,13 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     "accepted": ingest.accepted, "rejected": ingest.rejected})
                 last_status = now
             if not progressed:
-                tailer.wait(min(poll, 0.5))
+                # Idle: sleep until a file changes, a pending flush is due, or the rescan.
+                due = last_flush + flush_every - time.time() if pending else min(poll, 0.5)
+                tailer.wait(max(0.0, due))
+                # A chatty writer wakes us per line; reading at most every READ_PAUSE
+                # turns a thousand wake-ups a second into a few reads of many lines.
+                if not stop.requested:
+                    time.sleep(READ_PAUSE)
         flush(time.time())
     finally:
         tailer.stop()
