@@ -218,3 +218,14 @@ def test_copy_sources_exist_and_are_in_the_build_context():
     for private in (".git", ".venv", "tests", "mlsidecar/__pycache__/x.pyc", "state", ".ci/run"):
         assert dockerignore_excludes(private), f"{private} would be sent to the Docker daemon"
     assert not dockerignore_excludes("mlsidecar/cli.py")
+
+
+def test_deployment_doc_names_only_real_files():
+    """Every repository path docs/deployment.md names exists (and so is covered by these tests)."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    named = set(re.findall(r"`((?:deploy|systemd|tests|mlsidecar|docs)/[\w./@-]+|Dockerfile|\.dockerignore)`", text))
+    assert {"systemd/mlsidecar.service", "deploy/docker/requirements.lock", "mlsidecar/runtime/sdnotify.py"} <= named
+    for rel in sorted(named):
+        assert (ROOT / rel.rstrip("/")).exists(), f"docs/deployment.md names {rel}, which does not exist"
+    for section in ("## Docker", "## Kubernetes", "## systemd"):
+        assert section in text

@@ -113,6 +113,10 @@ def test_sidecar_wiring(path, obj, maps):
     shared_path = mounts[events[0]]["mountPath"]
     assert cfg.sources.tail and all(t.startswith(shared_path + "/") for t in cfg.sources.tail)
     assert pod["shareProcessNamespace"] is True
+    process = cfg.collector("process")
+    assert process is not None and process.enabled and process.options["mode"] in ("namespace", "auto")
+    gpu_limits = [c["resources"].get("limits", {}).get("nvidia.com/gpu") for c in workload]
+    assert cfg.collector("gpu").enabled == any(gpu_limits), "GPU collector on exactly where there is a GPU"
 
     # Read-only root: the state dir must be a writable volume.
     state_mounts = [m for m in side["volumeMounts"] if m["mountPath"] == cfg.state_dir]

@@ -14,7 +14,7 @@ import pytest
 
 from mlsidecar import webconfig
 from mlsidecar.config import ConfigError
-from tests.harness import require_tool, wait_for
+from tests.harness import free_port, require_tool, wait_for
 
 # Cost 4 keeps the tests fast; the daemon does not care about the cost factor.
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
@@ -282,4 +282,43 @@ def test_web_config_is_reread_on_sighup(tmp_path, sidecar_factory):
     wait_for(lambda: fetch(sc.url + "/metrics", basic("prometheus", "rotated"))[0] == 200, timeout=20,
              what="rotated password accepted")
     assert fetch(sc.url + "/metrics", basic("prometheus", "s3cret"))[0] == 401
+    assert sc.stop() == 0
+
+
+# A bad web config should be refused like a bad TOML config: at start with exit code 2, on SIGHUP
+# with a log line while the old one keeps serving. This needs a check in cli.cmd_run and
+# Supervisor.reload (webconfig.load(...).ssl_context()); until then the server worker restarts
+# with backoff instead. Remove the markers once that is in.
+NEEDS_EARLY_CHECK = pytest.mark.xfail(strict=True, reason="cli/supervisor do not yet pre-check the web config")
+
+
+@NEEDS_EARLY_CHECK
+def test_bad_web_config_stops_the_start(tmp_path):
+    import sys
+
+    bad = write(tmp_path, "tls_server_config:\n  cert_file: server.crt\n")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mlsidecar", "run", "--listen", f"127.0.0.1:{free_port()}",
+                               "--state-dir", str(tmp_path / "state"), "--web.config.file", bad],
+                              capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the daemon kept running with a bad web config")
+    assert proc.returncode == 2
+    assert "tls_server_config.key_file" in proc.stderr
+
+
+@NEEDS_EARLY_CHECK
+def test_bad_web_config_on_sighup_is_refused(tmp_path, sidecar_factory):
+    path = write(tmp_path, f"basic_auth_users:\n  prometheus: {HASH}\n")
+    cfg = tmp_path / "mlsidecar.toml"
+    cfg.write_text(f'[server]\nweb_config_file = "{path}"\n')
+    sc = sidecar_factory(config=str(cfg)).start()
+    write(tmp_path, "basic_auth_users:\n  prometheus: not-a-hash\n")
+    sc.send(signal.SIGHUP)
+    try:
+        wait_for(lambda: "refused" in sc.log(), timeout=10, what="refusal log line")
+    except AssertionError:
+        pytest.fail("a bad web config was not refused on SIGHUP")
+    assert "basic_auth_users.prometheus" in sc.log()
+    assert fetch(sc.url + "/metrics", basic("prometheus", "s3cret"))[0] == 200
     assert sc.stop() == 0
