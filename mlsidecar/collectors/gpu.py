@@ -326,14 +326,19 @@ class GpuCollector(Collector):
                 getattr(nv, "NVMLLibraryMismatchError", nv.NVMLError_NotSupported), AttributeError):
             self.unsupported.add(key)
             return None
-        except (nv.NVMLError_GpuIsLost, nv.NVMLError_ResetRequired) as exc:
-            raise _Lost(str(exc)) from None
-        except (nv.NVMLError_Uninitialized, nv.NVMLError_DriverNotLoaded,
-                nv.NVMLError_LibRmVersionMismatch, nv.NVMLError_LibraryNotFound) as exc:
-            raise _Fatal(str(exc)) from None
         except nv.NVMLError as exc:
+            self._classify(exc)
             self._errors.warning(what, "GPU %s: %s failed: %s", gpu_uuid, what, exc)
             return None
+
+    def _classify(self, exc: Exception) -> None:
+        """Raise _Lost or _Fatal for the NVML errors that are more than one failed reading."""
+        nv = self.nvml
+        if isinstance(exc, (nv.NVMLError_GpuIsLost, nv.NVMLError_ResetRequired)):
+            raise _Lost(str(exc)) from None
+        if isinstance(exc, (nv.NVMLError_Uninitialized, nv.NVMLError_DriverNotLoaded,
+                            nv.NVMLError_LibRmVersionMismatch, nv.NVMLError_LibraryNotFound)):
+            raise _Fatal(str(exc)) from None
 
     def _read_all(self) -> tuple[dict, list[str]]:
         """Every reading of every GPU: ({(family, labels): value}, [lost GPU messages])."""
@@ -364,6 +369,8 @@ class GpuCollector(Collector):
                 if g is None or g.uuid in self.lost:
                     continue
                 out[(XID, g.labels + (str(code),))] = n
+        seen = {pid for procs in per_gpu_procs.values() for pid in procs}
+        self._names = {pid: n for pid, n in self._names.items() if pid in seen}
         for index, procs in per_gpu_procs.items():
             g = self.gpus[index]
             for pid, used in procs.items():
@@ -447,10 +454,12 @@ class GpuCollector(Collector):
         for i in range(n):
             try:
                 mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(g.handle, i)
-            except nv.NVMLError_NotFound:
+            except (nv.NVMLError_NotFound, nv.NVMLError_InvalidArgument):
+                continue  # no instance in this slot
+            except nv.NVMLError as exc:
+                self._classify(exc)
+                self._errors.warning("mig", "GPU %s: MIG instance %d: %s", u, i, exc)
                 continue
-            except nv.NVMLError_InvalidArgument:
-                break
             gi = call(u, "mig_gi", nv.nvmlDeviceGetGpuInstanceId, mh)
             ci = call(u, "mig_ci", nv.nvmlDeviceGetComputeInstanceId, mh)
             if gi is None:
