@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Validate a config file; print what is wrong, naming the key.")
     check.add_argument("file", help="TOML config file")
 
+    sub.add_parser("reference", help="summarise a training-time sample into a drift reference",
+                   add_help=False)
+
     probe = sub.add_parser("probe", help="print what each collector can read on this machine",
                            description="Run every collector once and print what it read: "
                                        "for operators debugging a box.")
@@ -221,6 +224,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reference"]:
+        from .analytics.reference import main as reference_main
+
+        return reference_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -118,6 +118,8 @@ class Mapper:
         conf = ev.get("confidence")
         if conf is not None and (type(conf) is not float or not 0.0 <= conf <= 1.0):
             conf = check_number(conf, "confidence", 0.0, 1.0)
+        if self.analytics is not None:  # first: it may reject the event, before anything is counted
+            self.analytics.on_prediction(ev, model, version, self.now)
         batch = self.batch
         mv = (model, version)
         key = (PREDICTIONS, (model, version, status))
@@ -140,8 +142,6 @@ class Mapper:
                 h = hists[(CONFIDENCE, mv)] = [0.0] * (len(CONFIDENCE.buckets) + 2)
             h[bisect_left(CONFIDENCE.buckets, conf)] += 1
             h[-1] += conf
-        if self.analytics is not None:
-            self.analytics.on_prediction(ev, model, version, self.now)
 
     def evaluation(self, ev: dict) -> None:
         key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "dataset", "unknown"))

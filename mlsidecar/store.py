@@ -127,8 +127,16 @@ class SeriesWriter:
 
     # --- start-up -----------------------------------------------------------
     def _load(self) -> None:
-        """Read back this identity's files, then re-apply the last journal."""
+        """Re-apply the last journal to the files, then read the files back."""
         os.makedirs(self.directory, exist_ok=True)
+        if self.journal_path and os.path.exists(self.journal_path):
+            # First make the files whole: the last flush may have been cut short.
+            with open(self.journal_path, "rb") as fh:
+                journal = orjson.loads(fh.read())
+            for name, key, value, ts in journal.get("writes", []):
+                self._file(name).write_value(key, value, ts)
+            self.journal_state = journal.get("state")
+            self.close()
         suffix = f"_{self.identity}.db"
         loaded: list[tuple[str, str, float]] = []
         for name in sorted(os.listdir(self.directory)):
@@ -161,13 +169,6 @@ class SeriesWriter:
         if moved:
             for sk in self.values:
                 self._stage(sk, time.time())
-        if self.journal_path and os.path.exists(self.journal_path):
-            with open(self.journal_path, "rb") as fh:
-                journal = orjson.loads(fh.read())
-            for name, key, value, ts in journal.get("writes", []):
-                self._restore(name, name.split("_", 1)[0], key, value, ts)
-                self._file(name).write_value(key, value, ts)
-            self.journal_state = journal.get("state")
 
     def _expired(self, key: str, ts: float, now: float) -> bool:
         name = json.loads(key)[0]
@@ -336,6 +337,9 @@ class SeriesWriter:
     def series(self, family: Family) -> list[Labels]:
         """The label values of this writer's live series of a family."""
         return [lv for (fam, lv) in self.values if fam is family]
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def flush(self, state: Any = None) -> int:
         """Journal the staged writes with ``state`` (source positions), then write them."""

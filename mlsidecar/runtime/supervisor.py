@@ -145,15 +145,21 @@ class Supervisor:
         self.state.create()
         specs = plan(self.cfg)
         self.state.tidy({s.identity for s in specs} | {"server", "supervisor"})
+        self._open_writer(specs)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self._start_workers(specs)
+
+    def _open_writer(self, specs: list[WorkerSpec]) -> None:
+        """The supervisor's own series (opened again on reload: static labels may change)."""
+        if self.writer is not None:
+            self.writer.close()
         self.writer = SeriesWriter(self.state.metrics, "supervisor",
                                    static_labels=self.cfg.static_labels())
         self.writer.set_gauge(C.BUILD_INFO, (__version__, platform.python_version()), 1)
         for spec in specs:
             self.writer.inc(C.WORKER_RESTARTS, (spec.identity,), 0)
         self.writer.flush()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
-        self._start_workers(specs)
 
     def _expected(self) -> list[str]:
         return [w.spec.identity for w in self.workers.values()]
@@ -251,6 +257,7 @@ class Supervisor:
         self.workers = {}
         specs = plan(self.cfg)
         self.state.tidy({s.identity for s in specs} | {"server", "supervisor"})
+        self._open_writer(specs)
         self._start_workers(specs)
 
     def _start_workers(self, specs: list[WorkerSpec]) -> None:

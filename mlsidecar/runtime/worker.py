@@ -67,13 +67,9 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
 
 def make_mapper(cfg: Config, batch: Batch) -> Mapper:
     events.MAX_LABEL_LENGTH = cfg.limits.label_value_length
-    analytics = None
-    try:
-        from ..analytics import engine
-    except ImportError:
-        engine = None
-    if engine is not None and cfg.analytics is not None:
-        analytics = engine.build(cfg.analytics)
+    from ..analytics import engine
+
+    analytics = engine.build(cfg.analytics)  # None settings: the defaults
     return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
                   error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0))
@@ -167,6 +163,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
 
     def flush(now: float) -> None:
         mapper.tick(now)
+        if not (batch or bytes_read or oversized_sources or writer.has_pending()):
+            return
         for path in oversized_sources:
             ingest.reject(path, OVERSIZED)
         oversized_sources.clear()
@@ -196,7 +194,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     break
             now = time.time()
             pending = bool(batch or bytes_read or oversized_sources)
-            if now - last_flush >= flush_every and (pending or not last_flush):
+            if now - last_flush >= flush_every and (pending or not last_flush or mapper.analytics):
+                # With analytics on, flush (and so tick) even when idle: windows keep expiring.
                 flush(now)
                 last_flush = now
                 pending = False

@@ -233,7 +233,7 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
                     batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), n)
                 for s, n in oversized.items():
                     ingest.reject(s, OVERSIZED, n)
-                if batch or not last_flush:
+                if batch or not last_flush or mapper.analytics is not None:
                     mapper.tick(now)
                     writer.apply(batch, now)
                     writer.flush()
