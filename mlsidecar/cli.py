@@ -141,6 +141,13 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
             cfg = configmod.with_overrides(cfg, tail=[demo_path])
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    if cfg.server.web_config_file:
+        from . import webconfig
+
+        try:
+            webconfig.load(cfg.server.web_config_file).ssl_context()
+        except ConfigError as exc:
+            return _fail(str(exc))
     try:
         os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
         probe = os.path.join(cfg.state_dir, ".write-test")

@@ -289,10 +289,8 @@ def test_web_config_is_reread_on_sighup(tmp_path, sidecar_factory):
 # with a log line while the old one keeps serving. This needs a check in cli.cmd_run and
 # Supervisor.reload (webconfig.load(...).ssl_context()); until then the server worker restarts
 # with backoff instead. Remove the markers once that is in.
-NEEDS_EARLY_CHECK = pytest.mark.xfail(strict=True, reason="cli/supervisor do not yet pre-check the web config")
 
 
-@NEEDS_EARLY_CHECK
 def test_bad_web_config_stops_the_start(tmp_path):
     import sys
 
@@ -307,7 +305,6 @@ def test_bad_web_config_stops_the_start(tmp_path):
     assert "tls_server_config.key_file" in proc.stderr
 
 
-@NEEDS_EARLY_CHECK
 def test_bad_web_config_on_sighup_is_refused(tmp_path, sidecar_factory):
     path = write(tmp_path, f"basic_auth_users:\n  prometheus: {HASH}\n")
     cfg = tmp_path / "mlsidecar.toml"

@@ -243,6 +243,10 @@ class Supervisor:
 
         try:
             new = config.with_overrides(config.load(self.config_path), **self.overrides)
+            if new.server.web_config_file:
+                from .. import webconfig
+
+                webconfig.load(new.server.web_config_file).ssl_context()
         except (ConfigError, ValueError) as exc:
             log.error("SIGHUP: new config refused, keeping the running one: %s", exc)
             return
