@@ -190,3 +190,13 @@ def test_provisioning_files(path):
     else:
         (ds,) = doc["datasources"]
         assert ds["type"] == "prometheus"
+
+
+def test_dashboards_only_use_metric_names_the_sidecar_exposes():
+    from tests.test_deploy_prometheus import METRIC_REF, catalogue_names
+
+    known = catalogue_names()
+    for name, d in dashboards().items():
+        for title, expr in panel_queries(d) + other_queries(d):
+            unknown = set(METRIC_REF.findall(expr)) - known
+            assert not unknown, f"{name} / {title}: {unknown}"

@@ -184,3 +184,33 @@ def test_podmonitor_and_alertmanager_config():
         res = subprocess.run([amtool, "check-config", str(ALERTMANAGER)], capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+METRIC_REF = re.compile(r"(?<![\w:])((?:ml|mlsidecar)_[a-z0-9_]+)(?![\w:])")
+
+
+def catalogue_names() -> set[str]:
+    """Every sample name the sidecar can expose: the catalogue plus the collectors' families."""
+    from mlsidecar import catalogue, collectors
+
+    collectors.load_all()
+    names = set()
+    for fam in catalogue.REGISTRY.values():
+        names.add(fam.name)
+        if fam.type == catalogue.HISTOGRAM:
+            names |= {fam.name + "_bucket", fam.name + "_sum", fam.name + "_count"}
+    return names
+
+
+def rule_exprs(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"expr: (\|\n(?:\s{10,}.*\n)+|.*\n)", text)]
+
+
+def test_rules_only_use_metric_names_the_sidecar_exposes():
+    known = catalogue_names()
+    for path in (RECORDING, ALERTS):
+        exprs = rule_exprs(path.read_text())
+        assert len(exprs) == path.read_text().count("expr:")
+        for expr in exprs:
+            unknown = set(METRIC_REF.findall(expr)) - known
+            assert not unknown, f"{path.name}: {unknown} in {expr.strip()}"
