@@ -150,9 +150,11 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     batch = Batch()
     mapper = make_mapper(cfg, batch)
     ingest = Ingest(cfg, mapper, batch, writer)
-    saved = (writer.journal_state or {}).get("files", {})
+    journal = writer.journal_state or {}
+    saved = journal.get("files", {})
     oversized_sources: list[str] = []
     tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
+                    saved_at=journal.get("time", 0.0),
                     watch=cfg.sources.watch, on_oversized=oversized_sources.append)
     stop.wake = tailer.wake
     flush_every = cfg.sources.flush_interval
@@ -172,7 +174,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
             batch.inc(C.LINES_READ, (path,), n)
         bytes_read.clear()
         writer.apply(batch, now)
-        writer.flush({"files": tailer.positions()})
+        writer.flush({"files": tailer.positions(), "time": now})
 
     try:
         while not stop.requested:

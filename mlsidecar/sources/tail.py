@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_BYTES = 64
 READ_BYTES = 1 << 20
 BOM = b"\xef\xbb\xbf"
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 
 
 class TailedFile:
@@ -81,7 +82,8 @@ class Tailer:
     """
 
     def __init__(self, patterns: list[str], *, max_line_bytes: int = 256 * 1024,
-                 positions: dict | None = None, watch: str = "auto", on_oversized=None):
+                 positions: dict | None = None, saved_at: float = 0.0, watch: str = "auto",
+                 on_oversized=None):
         self.patterns = list(patterns)
         self.max_line_bytes = max_line_bytes
         self.files: dict[str, TailedFile] = {}
@@ -92,6 +94,7 @@ class Tailer:
         self.watch_mode = "poll"
         self._observer = None
         self._saved = dict(positions or {})
+        self._saved_at = saved_at  # when those positions were written
         if watch in ("auto", "inotify"):
             self._start_watching(required=watch == "inotify")
 
@@ -215,6 +218,7 @@ class Tailer:
     def _resume_saved(self) -> None:
         """Pick up the positions of the last run, including files rotated meanwhile."""
         saved, self._saved = self._saved, {}
+        rotated: set[str] = set()
         for pos in saved.values():
             path = pos["path"]
             try:
@@ -232,11 +236,51 @@ class Tailer:
                     del self.files[old]
                     if tf.offset == 0 and pos["offset"]:
                         tf.close()  # not the same file after all
+                    else:
+                        self._retire(tf, path)
+                        log.info("%s was rotated to %s while stopped; finishing it", path, old)
+            rotated.add(path)
+        # Generations created and rotated away while we were down were never seen:
+        # read them whole, oldest first, before the current file.
+        known = {(p["dev"], p["ino"]) for p in saved.values()}
+        known.update((tf.dev, tf.ino) for tf in self.readable())
+        for path in sorted(rotated):
+            try:
+                st = os.stat(path)
+                known.add((st.st_dev, st.st_ino))
+            except FileNotFoundError:
+                pass
+            for sibling in self._unseen_generations(path, known):
+                tf = self._open(sibling)
+                if tf is not None:
+                    del self.files[sibling]
+                    known.add((tf.dev, tf.ino))
+                    self._retire(tf, path)
+                    log.info("%s: reading %s, rotated away while stopped", path, sibling)
+
+    def _retire(self, tf: TailedFile, path: str) -> None:
+        tf.path = path
+        tf.draining = True
+        self.retired.append(tf)
+
+    def _unseen_generations(self, path: str, skip: set) -> list[str]:
+        """Rotated siblings (``app.jsonl.1``, ``app.jsonl-20261126``) written after our last flush."""
+        directory, base = os.path.split(path)
+        found = []
+        try:
+            with os.scandir(directory or ".") as it:
+                for entry in it:
+                    name = entry.name
+                    if not (name.startswith(base + ".") or name.startswith(base + "-")) \
+                            or name.endswith(COMPRESSED):
                         continue
-                    tf.path = path
-                    tf.draining = True
-                    self.retired.append(tf)
-                    log.info("%s was rotated to %s while stopped; finishing it", path, old)
+                    st = entry.stat(follow_symlinks=False)
+                    if entry.is_file(follow_symlinks=False) and (st.st_dev, st.st_ino) not in skip \
+                            and st.st_mtime > self._saved_at:
+                        found.append((st.st_mtime, entry.path))
+        except OSError:
+            return []
+        return [p for _, p in sorted(found)]
 
     @staticmethod
     def _find_inode(directory: str, dev: int, ino: int) -> str | None:

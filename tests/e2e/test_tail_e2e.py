@@ -197,3 +197,26 @@ def test_kill_9_at_random_points_neither_loses_nor_recounts(tmp_path, sidecar_fa
     time.sleep(1.0)
     assert total(sc.scrape(), "ml_predictions_total") == 30_000
     assert total(sc.scrape(), "ml_prediction_latency_seconds_count") == 30_000
+
+
+def test_generations_rotated_away_while_stopped_are_read(tmp_path, sidecar_factory):
+    log = tmp_path / "app.jsonl"
+    log.write_bytes(b"".join(line(i) for i in range(100)))
+    sc = sidecar_factory("--tail", str(log)).start()
+    sc.wait_value("ml_predictions_total", 100)
+    sc.kill_all()  # crash, then two rotations before the restart
+    time.sleep(0.05)
+    with open(log, "ab") as fh:
+        fh.write(b"".join(line(i) for i in range(100, 130)))
+    os.rename(log, tmp_path / "app.jsonl.1")
+    log.write_bytes(b"".join(line(i) for i in range(40)))  # a generation never seen
+    os.rename(tmp_path / "app.jsonl.1", tmp_path / "app.jsonl.2")
+    os.rename(log, tmp_path / "app.jsonl.1")
+    log.write_bytes(b"".join(line(i) for i in range(7)))
+    (tmp_path / "app.jsonl.3.gz").write_bytes(b"compressed, old: never read")
+    sc2 = sidecar_factory("--tail", str(log), state_dir=sc.state_dir).start()
+    sc2.wait_value("ml_predictions_total", 177)
+    time.sleep(1.0)
+    s = sc2.scrape()
+    assert total(s, "ml_predictions_total") == 177
+    assert total(s, "mlsidecar_events_rejected_total") == 0
