@@ -161,6 +161,7 @@ def inprocess_ingest(log: str, n: int, work: str, chunk_bytes: int = 1 << 20) ->
             end = block.rfind(b"\n")
             rest = block[end + 1:]
             ingest.lines(block[:end].split(b"\n"), log)
+            ingest.mapper.tick(time.time())  # as the worker does before every apply
             writer.apply(batch)
             writer.flush({"pos": fh.tell()})
     secs = time.perf_counter() - t0

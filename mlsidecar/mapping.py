@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left
+from collections import Counter
+from functools import partial
+from math import fsum
 from collections.abc import Callable
 
 from . import catalogue as C
@@ -51,6 +54,8 @@ class Mapper:
         self.clock = clock
         self.now = clock()
         self._error_rates: dict[tuple[str, str], SlidingRatio] = {}
+        # This chunk's predictions per series: (latencies, confidences); see prediction().
+        self._records: dict[tuple[str, str, str], tuple[list, list]] = {}
         self._dynamic: dict[str, Family] = {}
         self.handlers: dict[str, Callable[[dict], None]] = {
             "prediction": self.prediction, "evaluation": self.evaluation, "drift": self.drift,
@@ -86,7 +91,9 @@ class Mapper:
         return kind
 
     def tick(self, now: float) -> None:
-        """Called once per chunk: refresh the clock and the derived gauges."""
+        """Called once per chunk, before the batch is applied: fold the per-chunk
+        prediction records into the batch, refresh the clock and the derived gauges."""
+        self._fold_predictions()
         self.now = now
         for key, ratio in self._error_rates.items():
             r = ratio.ratio(now)
@@ -97,51 +104,51 @@ class Mapper:
 
     # --- model -----------------------------------------------------------------
     def prediction(self, ev: dict) -> None:
-        # The hot path (most events are predictions): plain strings and floats are taken as
-        # they are; anything else goes through the general helpers, which reject precisely.
-        maxlen = events.MAX_LABEL_LENGTH
-        model = ev.get("model")
-        if type(model) is not str or len(model) > maxlen:
-            model = label(ev, "model")
-        version = ev.get("version", "unknown")
-        if type(version) is not str or len(version) > maxlen:
-            version = label(ev, "version", "unknown")
-        status = ev.get("status", "success")
-        if type(status) is not str or len(status) > maxlen:
-            status = label(ev, "status", "success")
-        latency = ev.get("latency_s")
-        t = type(latency)
-        if t is not float and t is not int:
-            number(ev, "latency_s")  # raises the precise reason
-        elif not 0 <= latency < 1e300:
-            raise Rejected(INVALID_VALUE, f"'latency_s' must be >= 0 and finite, got {latency}")
-        conf = ev.get("confidence")
+        # The hot path: most events are predictions. Per event only the values are checked and
+        # appended to this chunk's record of the series; tick() turns them into counts, bucket
+        # counts and sums with C-level Counter/sum. Label values are checked when a series is
+        # first seen in a chunk: only checked values ever become a record's key.
+        get = ev.get
+        labels = (get("model"), get("version", "unknown"), get("status", "success"))
+        try:
+            rec = self._records.get(labels)
+        except TypeError:  # an unhashable label value: a list or an object
+            rec = None
+        latency = get("latency_s")
+        if type(latency) is not float or not 0.0 <= latency < 1e300:
+            latency = number(ev, "latency_s", minimum=0.0)
+        conf = get("confidence")
         if conf is not None and (type(conf) is not float or not 0.0 <= conf <= 1.0):
             conf = check_number(conf, "confidence", 0.0, 1.0)
-        if self.analytics is not None:  # first: it may reject the event, before anything is counted
-            self.analytics.on_prediction(ev, model, version, self.now)
-        batch = self.batch
-        mv = (model, version)
-        key = (PREDICTIONS, (model, version, status))
-        counters = batch.counters
-        n = counters.get(key)
-        if n is None:
-            n = 0.0
-            batch.zero.add((PREDICTIONS, (model, version, "success")))
-            batch.zero.add((PREDICTIONS, (model, version, "error")))
-        counters[key] = n + 1.0
-        hists = batch.histograms
-        h = hists.get((LATENCY, mv))
-        if h is None:
-            h = hists[(LATENCY, mv)] = [0.0] * (len(LATENCY.buckets) + 2)
-        h[bisect_left(LATENCY.buckets, latency)] += 1
-        h[-1] += latency
+        ts = get("ts")
+        if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
+            timestamp(ev)
+        if rec is None:
+            labels = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "status", "success"))
+            rec = self._records.get(labels)
+        if self.analytics is not None:  # it may reject the event: before anything is counted
+            self.analytics.on_prediction(ev, labels[0], labels[1], self.now)
+        if rec is None:
+            rec = self._records[labels] = ([], [])
+        rec[0].append(latency)
         if conf is not None:
-            h = hists.get((CONFIDENCE, mv))
-            if h is None:
-                h = hists[(CONFIDENCE, mv)] = [0.0] * (len(CONFIDENCE.buckets) + 2)
-            h[bisect_left(CONFIDENCE.buckets, conf)] += 1
-            h[-1] += conf
+            rec[1].append(conf)
+
+    def _fold_predictions(self) -> None:
+        """This chunk's prediction records into the batch: counts, bucket counts, sums."""
+        batch = self.batch
+        for labels, (latencies, confidences) in self._records.items():
+            if not latencies:
+                continue
+            mv = labels[:2]
+            if (PREDICTIONS, labels) not in batch.counters:
+                batch.ensure(PREDICTIONS, (*mv, "success"))
+                batch.ensure(PREDICTIONS, (*mv, "error"))
+            batch.inc(PREDICTIONS, labels, len(latencies))
+            _observe_all(batch, LATENCY, mv, latencies)
+            if confidences:
+                _observe_all(batch, CONFIDENCE, mv, confidences)
+        self._records.clear()
 
     def evaluation(self, ev: dict) -> None:
         key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "dataset", "unknown"))
@@ -320,6 +327,17 @@ class Mapper:
         if not matched and kind not in self.handlers:
             raise Rejected(UNKNOWN_KIND, f"no mapping matches this {kind[:60]!r} event")
         return kind
+
+
+def _observe_all(batch: Batch, family: Family, labels: tuple[str, ...], values: list[float]) -> None:
+    """Observe many values at once: bucket indexes counted in C, one sum."""
+    hists = batch.histograms
+    h = hists.get((family, labels))
+    if h is None:
+        h = hists[(family, labels)] = [0.0] * (len(family.buckets) + 2)
+    for i, n in Counter(map(partial(bisect_left, family.buckets), values)).items():
+        h[i] += n
+    h[-1] += fsum(values)
 
 
 def _cap(v: str) -> str:

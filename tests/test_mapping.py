@@ -15,6 +15,7 @@ def m():
 
 def test_prediction_counts_histograms_and_zero_siblings(m):
     m.handle({"event": "prediction", "model": "r", "version": "v3", "latency_s": 0.012, "confidence": 0.93})
+    m.tick(1000.0)  # folds the chunk's prediction records into the batch
     b = m.batch
     assert b.counters[(C.PREDICTIONS, ("r", "v3", "success"))] == 1
     assert (C.PREDICTIONS, ("r", "v3", "error")) in b.zero
@@ -27,6 +28,7 @@ def test_prediction_counts_histograms_and_zero_siblings(m):
 def test_bucket_bounds_are_inclusive(m):
     m.handle({"event": "prediction", "model": "r", "latency_s": 0.1})
     m.handle({"event": "prediction", "model": "r", "latency_s": 11})
+    m.tick(1000.0)
     h = m.batch.histograms[(C.PREDICTION_LATENCY, ("r", "unknown"))]
     assert h[C.LATENCY_BUCKETS.index(0.1)] == 1
     assert h[len(C.LATENCY_BUCKETS)] == 1  # +Inf
@@ -66,6 +68,7 @@ def test_rejections_name_their_reason_and_leave_the_batch_alone(m, ev, reason):
     with pytest.raises(Rejected) as exc:
         m.handle(ev)
     assert exc.value.reason == reason
+    m.tick(1000.0)
     assert not m.batch
 
 
@@ -117,6 +120,23 @@ def test_user_metric_keeps_its_first_shape(m):
     with pytest.raises(Rejected) as exc:
         m.handle({"event": "metric", "name": "kpi", "value": 1, "labels": {"b": "x"}})
     assert exc.value.reason == "label_mismatch"
+
+
+def test_prediction_labels_are_checked_even_when_a_series_exists(m):
+    m.handle({"event": "prediction", "model": "7", "latency_s": 0.1})
+    m.handle({"event": "prediction", "model": 7, "latency_s": 0.1})  # an integer becomes "7"
+    m.handle({"event": "prediction", "model": "x" * 300, "latency_s": 0.1})
+    m.handle({"event": "prediction", "model": "x" * 300, "latency_s": 0.2})
+    for bad in (["7"], {"a": 1}, True, None):
+        with pytest.raises(Rejected):
+            m.handle({"event": "prediction", "model": bad, "latency_s": 0.1})
+    m.tick(1000.0)
+    c = m.batch.counters
+    assert c[(C.PREDICTIONS, ("7", "unknown", "success"))] == 2
+    assert c[(C.PREDICTIONS, ("x" * 128, "unknown", "success"))] == 2
+    assert sum(v for (f, _), v in c.items() if f is C.PREDICTIONS) == 4
+    h = m.batch.histograms[(C.PREDICTION_LATENCY, ("x" * 128, "unknown"))]
+    assert h[-1] == pytest.approx(0.3)
 
 
 def test_long_label_values_are_capped(m):

@@ -77,8 +77,12 @@ class Engine:
         return {"label": self.label} if self.perf_on else {}
 
     def on_prediction(self, ev: dict, model: str, version: str, now: float) -> None:
-        if ("features" not in ev and "y_pred" not in ev and "y_true" not in ev
-                and "prediction_id" not in ev):
+        if "features" not in ev and "y_pred" not in ev and "y_true" not in ev:
+            # Nothing to track (a prediction_id alone cannot be joined without y_pred),
+            # but a malformed one is still rejected, as the schema says.
+            pid = ev.get("prediction_id")
+            if pid is not None and type(pid) is not str:
+                prediction_key(pid)
             return
         # Validate everything first, so a rejected event leaves no trace here.
         y_true = ev.get("y_true")

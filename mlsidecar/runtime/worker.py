@@ -91,10 +91,13 @@ class Ingest:
     def lines(self, lines: list[bytes], source: str) -> None:
         """Map a chunk of lines; count accepted kinds and rejection reasons in the batch."""
         handle = self.mapper.handle
+        # Predictions are most lines: straight to their handler unless a user mapping extends them.
+        prediction = None if "prediction" in self.mapper.user_mappings else self.mapper.prediction
         loads = orjson.loads
         max_line = self.max_line
         kinds: dict[str, int] = {}
         reasons: dict[str, int] = {}
+        predictions = 0
         for line in lines:
             if len(line) > max_line:
                 reasons[OVERSIZED] = reasons.get(OVERSIZED, 0) + 1
@@ -107,6 +110,10 @@ class Ingest:
                     if not line.strip():
                         continue  # blank lines are not events
                     raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
+                if prediction is not None and ev.get("event") == "prediction":
+                    prediction(ev)
+                    predictions += 1
+                    continue
                 kind = handle(ev)
             except orjson.JSONDecodeError:
                 if not line.strip():
@@ -127,6 +134,8 @@ class Ingest:
                                      traceback.format_exc())
                 continue
             kinds[kind] = kinds.get(kind, 0) + 1
+        if predictions:
+            kinds["prediction"] = kinds.get("prediction", 0) + predictions
         batch = self.batch
         for kind, n in kinds.items():
             batch.inc(C.EVENTS, (source, kind), n)

@@ -233,8 +233,8 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
                     batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), n)
                 for s, n in oversized.items():
                     ingest.reject(s, OVERSIZED, n)
-                if batch or not last_flush or mapper.analytics is not None:
-                    mapper.tick(now)
+                mapper.tick(now)  # folds pending prediction counts into the batch
+                if batch or not last_flush:
                     writer.apply(batch, now)
                     writer.flush()
                 last_flush = now
