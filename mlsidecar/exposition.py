@@ -40,6 +40,8 @@ DERIVED = {PIPELINE_DATA_TS.name: (PIPELINE_FRESHNESS, lambda value, now: max(0.
 
 def format_value(v: float) -> str:
     """Go-style float text, as Prometheus expects (+Inf, -Inf, NaN)."""
+    if -INF < v < INF:
+        return repr(v)
     if v == INF:
         return "+Inf"
     if v == -INF:
@@ -76,6 +78,8 @@ class _Family:
     # Histogram series: labels (without le) -> {le float: slot}, sum slot
     buckets: dict[tuple, dict[float, int]] = field(default_factory=dict)
     sums: dict[tuple, int] = field(default_factory=dict)
+    # Rendered once per new series: [(sum slot, [(bucket slot, line prefix)], count prefix, sum prefix)]
+    histogram_plan: list | None = None
 
 
 class _FileView:
@@ -188,6 +192,7 @@ class MetricsReader:
         self._slot_ids[ident] = slot
         self._slot_family.append(fam)
         if view.type == "histogram":
+            fam.histogram_plan = None  # a new bucket or sum: plan the lines again
             if le is not None:
                 fam.buckets.setdefault(label_items, {})[float(le)] = slot
             elif sample_name.endswith("_sum"):
@@ -296,22 +301,37 @@ class MetricsReader:
             out.append(f"# TYPE {full} {typ}")
 
     @staticmethod
-    def _histogram_lines(fam: _Family, values, stamps, floor) -> list[str]:
-        lines = []
+    def _histogram_plan(fam: _Family) -> list:
+        plan = []
         for label_items, by_le in fam.buckets.items():
             sum_slot = fam.sums.get(label_items)
-            if sum_slot is None or stamps[sum_slot] < floor:
+            if sum_slot is None:
                 continue
             base = ",".join(f'{k}="{escape_label(v)}"' for k, v in label_items)
             sep = "," if base else ""
-            acc = 0.0
+            buckets = []
             for le in sorted(by_le):
-                acc += values[by_le[le]]
                 le_text = "+Inf" if le == INF else repr(le)
-                lines.append(f'{fam.name}_bucket{{{base}{sep}le="{le_text}"}} {format_value(acc)}')
+                buckets.append((by_le[le], f'{fam.name}_bucket{{{base}{sep}le="{le_text}"}} '))
             suffix = "{" + base + "}" if base else ""
-            lines.append(f"{fam.name}_count{suffix} {format_value(acc)}")
-            lines.append(f"{fam.name}_sum{suffix} {format_value(values[sum_slot])}")
+            plan.append((sum_slot, buckets, f"{fam.name}_count{suffix} ", f"{fam.name}_sum{suffix} "))
+        return plan
+
+    @classmethod
+    def _histogram_lines(cls, fam: _Family, values, stamps, floor) -> list[str]:
+        if fam.histogram_plan is None:
+            fam.histogram_plan = cls._histogram_plan(fam)
+        lines = []
+        append = lines.append
+        for sum_slot, buckets, count_prefix, sum_prefix in fam.histogram_plan:
+            if stamps[sum_slot] < floor:
+                continue
+            acc = 0.0
+            for slot, prefix in buckets:
+                acc += values[slot]
+                append(prefix + format_value(acc))
+            append(count_prefix + format_value(acc))
+            append(sum_prefix + format_value(values[sum_slot]))
         return lines
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long starts over from the shortest backoff
 STOP_GRACE = 10.0
+INGEST_NICENESS = 5  # ingest workers yield the CPU to the server and the collectors
 
 
 @dataclass
@@ -95,6 +96,9 @@ def _worker_main(spec: WorkerSpec, cfg: Config, sock: socket.socket | None, expe
         return
     if sock is not None:
         sock.close()
+    if spec.role in ("tail", "socket"):
+        # Ingest may use a whole core; on a small box the scrape must still win it.
+        os.nice(INGEST_NICENESS)
     if spec.role == "tail":
         from .worker import run_tail_worker
 

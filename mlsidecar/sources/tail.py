@@ -50,13 +50,14 @@ class TailedFile:
         self.fingerprint = fingerprint
         self.size = st.st_size
         self.draining = False  # rotated away: read to EOF, then close
+        self.tail = b""  # the last bytes consumed, to recognise logrotate's copy of this file
         self.lines = 0
         self.rejected = 0
         self.last_data = time.monotonic()
 
     def position(self) -> dict:
         return {"path": self.path, "dev": self.dev, "ino": self.ino, "offset": self.offset,
-                "fingerprint": self.fingerprint, "skipping": self.skipping}
+                "fingerprint": self.fingerprint, "skipping": self.skipping, "tail": self.tail.hex()}
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -189,6 +190,7 @@ class Tailer:
             tf.size = st.st_size
             if st.st_size < tf.read_to or (tf.offset and not tf.same_start()):
                 log.info("%s truncated; reading from the start", path)
+                self._recover_copy(tf)
                 self._restart(tf)
         for path in sorted(matched - set(self.files)):
             self._open(path)
@@ -196,10 +198,12 @@ class Tailer:
     def _restart(self, tf: TailedFile) -> None:
         tf.offset = tf.read_to = 0
         tf.partial = b""
+        tf.tail = b""
         tf.skipping = False
         tf.fingerprint = ""
 
-    def _open(self, path: str, offset: int = 0, fingerprint: str = "", skipping: bool = False):
+    def _open(self, path: str, offset: int = 0, fingerprint: str = "", skipping: bool = False,
+              truncated=None, tail: bytes = b""):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -210,7 +214,10 @@ class Tailer:
         st = os.fstat(fd)
         tf = TailedFile(path, fd, st, offset, fingerprint)
         tf.skipping = skipping
+        tf.tail = tail
         if offset and (st.st_size < offset or not tf.same_start()):
+            if truncated is not None:
+                truncated(tf)
             self._restart(tf)
         self.files[path] = tf
         return tf
@@ -226,7 +233,9 @@ class Tailer:
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_dev, st.st_ino) == (pos["dev"], pos["ino"]):
-                self._open(path, pos["offset"], pos["fingerprint"], pos.get("skipping", False))
+                tail = bytes.fromhex(pos.get("tail", ""))
+                self._open(path, pos["offset"], pos["fingerprint"], pos.get("skipping", False),
+                           truncated=lambda tf: self._recover_copy(tf, tail), tail=tail)
                 continue
             # Rotated while we were down: look for the old inode beside it and finish it.
             old = self._find_inode(os.path.dirname(path) or ".", pos["dev"], pos["ino"])
@@ -243,6 +252,8 @@ class Tailer:
         # Generations created and rotated away while we were down were never seen:
         # read them whole, oldest first, before the current file.
         known = {(p["dev"], p["ino"]) for p in saved.values()}
+        copies_of = [(p["fingerprint"], p["offset"], bytes.fromhex(p.get("tail", "")))
+                     for p in saved.values() if p.get("fingerprint")]
         known.update((tf.dev, tf.ino) for tf in self.readable())
         for path in sorted(rotated):
             try:
@@ -250,7 +261,7 @@ class Tailer:
                 known.add((st.st_dev, st.st_ino))
             except FileNotFoundError:
                 pass
-            for sibling in self._unseen_generations(path, known):
+            for sibling in self._unseen_generations(path, known, copies_of):
                 tf = self._open(sibling)
                 if tf is not None:
                     del self.files[sibling]
@@ -263,24 +274,65 @@ class Tailer:
         tf.draining = True
         self.retired.append(tf)
 
-    def _unseen_generations(self, path: str, skip: set) -> list[str]:
-        """Rotated siblings (``app.jsonl.1``, ``app.jsonl-20261126``) written after our last flush."""
+    @staticmethod
+    def _siblings(path: str) -> list[tuple[os.stat_result, str]]:
+        """Uncompressed rotated siblings of a file (``app.jsonl.1``, ``app.jsonl-20261126``)."""
         directory, base = os.path.split(path)
         found = []
         try:
             with os.scandir(directory or ".") as it:
                 for entry in it:
                     name = entry.name
-                    if not (name.startswith(base + ".") or name.startswith(base + "-")) \
-                            or name.endswith(COMPRESSED):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    if entry.is_file(follow_symlinks=False) and (st.st_dev, st.st_ino) not in skip \
-                            and st.st_mtime > self._saved_at:
-                        found.append((st.st_mtime, entry.path))
+                    if (name.startswith(base + ".") or name.startswith(base + "-")) \
+                            and not name.endswith(COMPRESSED) and entry.is_file(follow_symlinks=False):
+                        found.append((entry.stat(follow_symlinks=False), entry.path))
         except OSError:
             return []
+        return found
+
+    def _unseen_generations(self, path: str, skip: set, copies_of: list) -> list[str]:
+        """Rotated siblings written after our last flush that we never had open.
+
+        A sibling that starts like a file we have a position in is a copytruncate copy of
+        it, not a new generation: _recover_copy reads its unread part, nothing else does.
+        """
+        found = []
+        for st, p in self._siblings(path):
+            if (st.st_dev, st.st_ino) in skip or st.st_mtime <= self._saved_at:
+                continue
+            try:
+                if any(_is_copy(p, st, *known_file) for known_file in copies_of):
+                    continue
+            except OSError:
+                continue
+            found.append((st.st_mtime, p))
         return [p for _, p in sorted(found)]
+
+    def _recover_copy(self, tf: TailedFile, tail: bytes | None = None) -> None:
+        """After a copytruncate, finish the unread part of the file from logrotate's copy.
+
+        The newest sibling that starts with the same bytes as the file we were reading is
+        the copy; what we had not read yet is in it, from our offset on. Only lines written
+        between logrotate's copy and its truncate are then lost.
+        """
+        if not tf.offset or not tf.fingerprint:
+            return
+        if tail is not None:
+            tf.tail = tail
+        for st, sibling in sorted(self._siblings(tf.path), key=lambda x: -x[0].st_mtime):
+            if (st.st_dev, st.st_ino) == (tf.dev, tf.ino) or st.st_size < tf.offset:
+                continue
+            try:
+                if not _is_copy(sibling, st, tf.fingerprint, tf.offset, tf.tail):
+                    continue
+            except OSError:
+                continue
+            copy = self._open(sibling, tf.offset, tf.fingerprint)
+            if copy is not None:
+                del self.files[sibling]
+                self._retire(copy, tf.path)
+                log.info("%s: reading the rest from logrotate's copy %s", tf.path, sibling)
+            return
 
     @staticmethod
     def _find_inode(directory: str, dev: int, ino: int) -> str | None:
@@ -331,6 +383,7 @@ class Tailer:
             else:
                 tf.partial = buf
             return []
+        tf.tail = (tf.tail + buf[max(0, end + 1 - FINGERPRINT_BYTES):end + 1])[-FINGERPRINT_BYTES:]
         tail = buf[end + 1:]
         if len(tail) > self.max_line_bytes:
             self._oversized(tf)
@@ -368,3 +421,15 @@ class Tailer:
 
     def behind(self, tf: TailedFile) -> int:
         return max(0, tf.size - tf.offset)
+
+
+def _is_copy(path: str, st: os.stat_result, fingerprint: str, offset: int, tail: bytes) -> bool:
+    """Does ``path`` hold a copy of a file we read up to ``offset``? The same first bytes,
+    and the same bytes just before that offset (what we last read)."""
+    if st.st_size < offset:
+        return False
+    with open(path, "rb") as fh:
+        if fh.read(len(fingerprint) // 2).hex() != fingerprint:
+            return False
+        fh.seek(offset - len(tail))
+        return fh.read(len(tail)) == tail
