@@ -96,6 +96,7 @@ class Tailer:
         self._observer = None
         self._saved = dict(positions or {})
         self._saved_at = saved_at  # when those positions were written
+        self._last_scan = time.time()
         if watch in ("auto", "inotify"):
             self._start_watching(required=watch == "inotify")
 
@@ -141,11 +142,7 @@ class Tailer:
         self.watch_mode = "inotify" if watched else "poll"
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a watched directory changes, or ``timeout`` passes.
-
-        A file must not be rotated twice between two scans (one poll interval in
-        poll mode): the middle generation would never be seen.
-        """
+        """Sleep until a watched directory changes, or ``timeout`` passes."""
         self.wake.wait(timeout)
         self.wake.clear()
 
@@ -172,9 +169,11 @@ class Tailer:
     def scan(self) -> None:
         """Open new files, notice rotations, truncations and deletions."""
         self.rescan = False
+        since, self._last_scan = self._last_scan, time.time()
         if self._saved:
             self._resume_saved()
         matched = set(self.matched_paths())
+        rotated = []
         for path, tf in list(self.files.items()):
             try:
                 st = os.stat(path)
@@ -185,6 +184,7 @@ class Tailer:
                 del self.files[path]
                 tf.draining = True
                 self.retired.append(tf)
+                rotated.append(path)
                 log.info("%s rotated; reading the rest of the old file", path)
                 continue
             tf.size = st.st_size
@@ -192,6 +192,9 @@ class Tailer:
                 log.info("%s truncated; reading from the start", path)
                 self._recover_copy(tf)
                 self._restart(tf)
+        if rotated:
+            # Rotated twice since the last scan: the middle generation was never seen.
+            self._read_unseen(rotated, [tf.position() for tf in self.readable()], since)
         for path in sorted(matched - set(self.files)):
             self._open(path)
 
@@ -249,25 +252,29 @@ class Tailer:
                         self._retire(tf, path)
                         log.info("%s was rotated to %s while stopped; finishing it", path, old)
             rotated.add(path)
-        # Generations created and rotated away while we were down were never seen:
-        # read them whole, oldest first, before the current file.
-        known = {(p["dev"], p["ino"]) for p in saved.values()}
-        copies_of = [(p["fingerprint"], p["offset"], bytes.fromhex(p.get("tail", "")))
-                     for p in saved.values() if p.get("fingerprint")]
+        # Generations created and rotated away while we were down were never seen.
+        self._read_unseen(sorted(rotated), list(saved.values()), self._saved_at)
+
+    def _read_unseen(self, paths: list[str], positions: list[dict], since: float) -> None:
+        """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
+        that are neither open nor a copy of a file with one of ``positions``."""
+        known = {(p["dev"], p["ino"]) for p in positions}
         known.update((tf.dev, tf.ino) for tf in self.readable())
-        for path in sorted(rotated):
+        copies_of = [(p["fingerprint"], p["offset"], bytes.fromhex(p.get("tail", "")))
+                     for p in positions if p.get("fingerprint")]
+        for path in paths:
             try:
                 st = os.stat(path)
                 known.add((st.st_dev, st.st_ino))
             except FileNotFoundError:
                 pass
-            for sibling in self._unseen_generations(path, known, copies_of):
+            for sibling in self._unseen_generations(path, known, copies_of, since):
                 tf = self._open(sibling)
                 if tf is not None:
                     del self.files[sibling]
                     known.add((tf.dev, tf.ino))
                     self._retire(tf, path)
-                    log.info("%s: reading %s, rotated away while stopped", path, sibling)
+                    log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
 
     def _retire(self, tf: TailedFile, path: str) -> None:
         tf.path = path
@@ -290,7 +297,7 @@ class Tailer:
             return []
         return found
 
-    def _unseen_generations(self, path: str, skip: set, copies_of: list) -> list[str]:
+    def _unseen_generations(self, path: str, skip: set, copies_of: list, since: float) -> list[str]:
         """Rotated siblings written after our last flush that we never had open.
 
         A sibling that starts like a file we have a position in is a copytruncate copy of
@@ -298,7 +305,7 @@ class Tailer:
         """
         found = []
         for st, p in self._siblings(path):
-            if (st.st_dev, st.st_ino) in skip or st.st_mtime <= self._saved_at:
+            if (st.st_dev, st.st_ino) in skip or st.st_mtime <= since:
                 continue
             try:
                 if any(_is_copy(p, st, *known_file) for known_file in copies_of):

@@ -222,3 +222,21 @@ def test_generations_rotated_away_while_stopped_are_read(tmp_path, sidecar_facto
     s = sc2.scrape()
     assert total(s, "ml_predictions_total") == 177
     assert total(s, "mlsidecar_events_rejected_total") == 0
+
+
+def test_two_rotations_between_scans_lose_no_generation(tmp_path, sidecar_factory):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[sources]\npoll_interval = 3.0\n")
+    log = tmp_path / "app.jsonl"
+    log.write_bytes(b"".join(line(i) for i in range(100)))
+    sc = sidecar_factory("--tail", str(log), "--watch", "poll", config=str(cfg)).start()
+    sc.wait_value("ml_predictions_total", 100)
+    os.rename(log, tmp_path / "app.jsonl.1")
+    log.write_bytes(b"".join(line(i) for i in range(1000, 1050)))  # the middle generation
+    os.rename(tmp_path / "app.jsonl.1", tmp_path / "app.jsonl.2")
+    os.rename(log, tmp_path / "app.jsonl.1")
+    log.write_bytes(b"".join(line(i) for i in range(2000, 2005)))
+    sc.wait_value("ml_predictions_total", 155)
+    assert "a generation rotated away unseen" in sc.log()
+    time.sleep(3.5)  # one more rescan: nothing is read twice
+    assert total(sc.scrape(), "ml_predictions_total") == 155
