@@ -30,6 +30,7 @@ log = logging.getLogger("mlsidecar.worker")
 
 INTERNAL = "internal_error"
 READ_PAUSE = 0.05  # seconds between reads of a file that is written slowly
+CAUGHT_UP_FLUSH = 0.1  # seconds between flushes once the files are read to their end
 
 
 class Stop:
@@ -205,7 +206,10 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     break
             now = time.time()
             pending = bool(batch or bytes_read or oversized_sources)
-            if now - last_flush >= flush_every and (pending or not last_flush or mapper.analytics):
+            # Busy: flush every flush_interval. Caught up: flush what is pending now (but at
+            # most every CAUGHT_UP_FLUSH), so the last lines of a burst show at once.
+            due = flush_every if progressed or not pending else CAUGHT_UP_FLUSH
+            if now - last_flush >= due and (pending or not last_flush or mapper.analytics):
                 # With analytics on, flush (and so tick) even when idle: windows keep expiring.
                 flush(now)
                 last_flush = now
@@ -224,8 +228,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 last_status = now
             if not progressed:
                 # Idle: sleep until a file changes, a pending flush is due, or the rescan.
-                due = last_flush + flush_every - time.time() if pending else min(poll, 0.5)
-                tailer.wait(max(0.0, due))
+                wake_in = last_flush + CAUGHT_UP_FLUSH - time.time() if pending else min(poll, 0.5)
+                tailer.wait(max(0.0, wake_in))
                 # A chatty writer wakes us per line; reading at most every READ_PAUSE
                 # turns a thousand wake-ups a second into a few reads of many lines.
                 if not stop.requested:
