@@ -129,7 +129,21 @@ def load_config(args: argparse.Namespace, flags: dict) -> configmod.Config:
     return configmod.with_overrides(cfg, **flags)
 
 
-def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
+def _watch_demo_workload(cfg: configmod.Config, pid_file: str) -> configmod.Config:
+    """Point the process collector at the demo workload, so the demo shows ml_process_* too."""
+    from dataclasses import replace
+
+    def adjust(name, settings):
+        if name != "process":
+            return settings
+        return replace(settings, options={**settings.options, "mode": "pid_file",
+                                          "pid_file": pid_file, "job_name": "demo-train"})
+
+    return replace(cfg, collectors=tuple((n, adjust(n, st)) for n, st in cfg.collectors))
+
+
+def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
+            demo_pid_file: str | None = None) -> int:
     from . import logs
     from .runtime.supervisor import Supervisor
     from .server import bind
@@ -139,6 +153,8 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None) -> int:
         cfg = load_config(args, flags)
         if demo_path:
             cfg = configmod.with_overrides(cfg, tail=[demo_path])
+        if demo_pid_file:
+            cfg = _watch_demo_workload(cfg, demo_pid_file)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     if cfg.server.web_config_file:
@@ -194,17 +210,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     writer = multiprocessing.get_context("fork").Process(target=write, name="demo-workload", daemon=True)
     writer.start()
+    pid_file = os.path.join(state_dir, "demo-workload.pid")
+    with open(pid_file, "w") as fh:
+        fh.write(f"{writer.pid}\n")
     print(f"mlsidecar demo: workload writing {path}\n"
           f"  metrics: curl http://{args.listen}/metrics\n"
           f"  status:  http://{args.listen}/\n  stop:    Ctrl-C", file=sys.stderr)
+    timer = None
     if args.duration:
         import signal
         import threading
 
-        threading.Timer(args.duration + 2.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+        timer = threading.Timer(args.duration + 2.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
     try:
-        return cmd_run(args, demo_path=path)
+        return cmd_run(args, demo_path=path, demo_pid_file=pid_file)
     finally:
+        if timer is not None:
+            timer.cancel()
         writer.terminate()
         writer.join(5)
 
