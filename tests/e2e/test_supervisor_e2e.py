@@ -51,3 +51,18 @@ def test_sigint_stops_cleanly_too(tmp_path, sidecar_factory):
     sc.wait_value("ml_predictions_total", 10)
     assert sc.stop(signal.SIGINT) == 0
     assert "stopped" in sc.log()
+
+
+def test_state_dir_is_private_and_event_data_never_names_a_file(tmp_path, sidecar_factory):
+    log = tmp_path / "e.jsonl"
+    bait = tmp_path / "bait"
+    hostile = [{"event": "prediction", "model": str(bait), "version": "../../bait2", "latency_s": 0.1},
+               {"event": "metric", "name": "x", "value": 1, "labels": {"path": str(bait) + "3"}},
+               {"event": "label", "prediction_id": str(bait) + "4", "y_true": "a"}]
+    import orjson
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in hostile))
+    sc = sidecar_factory("--tail", str(log)).start()
+    sc.wait_value("ml_predictions_total", 1)
+    assert os.stat(sc.state_dir).st_mode & 0o777 == 0o700
+    assert not list(tmp_path.glob("bait*"))
+    assert not list((tmp_path / "state").rglob("*bait*"))
