@@ -28,7 +28,7 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.common import Daemon, fmt_s, sample_sum, table, wait_for  # noqa: E402
+from bench.common import Daemon, sample_sum, table, wait_for  # noqa: E402
 
 
 def main() -> int:

@@ -111,7 +111,7 @@ def test_multi_stage_slim_non_root_exec_form():
     from mlsidecar.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 
     assert json.loads(final["VOLUME"]) == [DEFAULT_STATE_DIR]
-    assert any(i == "RUN" and f"install -d -o \"${{UID}}\"" in a and DEFAULT_STATE_DIR in a for i, a in runtime)
+    assert any(i == "RUN" and "install -d -o \"${UID}\"" in a and DEFAULT_STATE_DIR in a for i, a in runtime)
     assert final["EXPOSE"] == str(DEFAULT_PORT)
 
     # No build tools or package installs in the final stage: only the venv is copied in.

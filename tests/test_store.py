@@ -1,6 +1,5 @@
 """SeriesWriter: absolute values, crash-safe journal, limits, expiry, compatibility."""
 
-import os
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector

@@ -45,7 +45,7 @@ import csv
 import json
 import math
 import sys
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 

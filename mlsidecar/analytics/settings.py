@@ -286,4 +286,4 @@ def parse(section) -> AnalyticsSettings:
 
 # Importing the settings (which config parsing does in every process) registers the
 # analytics metric families, so the server knows their help text and expiry.
-from . import anomaly, drift, performance, quality  # noqa: E402,F401
+from . import anomaly as _anomaly, drift as _drift, performance as _performance, quality as _quality  # noqa: E402,F401,I001

@@ -342,7 +342,6 @@ class GpuCollector(Collector):
 
     def _read_all(self) -> tuple[dict, list[str]]:
         """Every reading of every GPU: ({(family, labels): value}, [lost GPU messages])."""
-        nv = self.nvml
         out: dict = {}
         lost: list[str] = []
         per_gpu_procs: dict[int, dict[int, float]] = {}

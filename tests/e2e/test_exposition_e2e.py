@@ -5,7 +5,7 @@ import struct
 import subprocess
 import sys
 
-from tests.harness import parse, require_tool, total, wait_for
+from tests.harness import parse, require_tool, total
 
 WORKLOAD = r"""
 import os, sys

@@ -119,7 +119,6 @@ def test_sigterm_stops_everything_cleanly(tmp_path, sidecar_factory):
     sc.wait_value("ml_predictions_total", 1)
     pid = sc.proc.pid
     assert sc.stop(signal.SIGTERM) == 0
-    import os
     wait_for(lambda: not _group_alive(pid), 10, what="all processes gone")
 
 

@@ -31,7 +31,7 @@ def test_killed_worker_is_restarted_counted_and_loses_nothing(tmp_path, sidecar_
     os.kill(pid, signal.SIGKILL)
     with open(log, "ab") as fh:
         fh.write(LINE * 500)
-    s = sc.wait_value("ml_predictions_total", 1500)
+    sc.wait_value("ml_predictions_total", 1500)
     wait_for(lambda: total(sc.scrape(), "mlsidecar_worker_restarts_total") == 1, what="restart counted")
     assert worker_pid(sc, "tail") != pid
     assert "exited with code -9" in sc.log()
