@@ -74,6 +74,7 @@ class Sidecar:
 
     def __init__(self, tmp_path, *args: str, config: str | None = None, env: dict | None = None,
                  state_dir: str | None = None, port: int | None = None):
+        self.chosen_port = port is None
         self.port = port or free_port()
         self.state_dir = state_dir or str(tmp_path / "state")
         self.args = list(args)
@@ -81,6 +82,7 @@ class Sidecar:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = tmp_path / f"sidecar-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self._retries = 0
 
     @property
     def url(self) -> str:
@@ -95,7 +97,18 @@ class Sidecar:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         if wait_ready:
-            wait_for(self.ready, what=f"sidecar ready (log: {self.log_path})")
+            try:
+                wait_for(self.ready, what=f"sidecar ready (log: {self.log_path})")
+            except AssertionError:
+                # A free port picked here can be taken meanwhile by some client's ephemeral
+                # port: then start again on another one (only when the port was ours to pick).
+                if not (self.chosen_port and "cannot listen on" in self.log() and self._retries < 3):
+                    raise
+                self._retries += 1
+                self.proc = None
+                self._log.close()
+                self.port = free_port()
+                return self.start(wait_ready)
         return self
 
     def ready(self) -> bool:
