@@ -78,20 +78,6 @@ def bucket_bounds(family: Family) -> list[str]:
     return [floatToGoString(b) for b in family.buckets] + ["+Inf"]
 
 
-def family_from_key(metric_name: str, sample_name: str, labels: dict, file_type: str) -> Family:
-    """The registered family of a stored key, or a plain one made up for an unknown name."""
-    fam = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
-    if fam is not None:
-        return fam
-    if file_type == COUNTER:
-        metric_name += "_total"
-    names = tuple(sorted(k for k in labels if k != "le"))
-    if file_type == HISTOGRAM:
-        bounds = sorted(float(v) for k, v in labels.items() if k == "le" and v != "+Inf")
-        return Family(metric_name, HISTOGRAM, "", names, tuple(bounds) or (1.0,))
-    return Family(metric_name, file_type if file_type == COUNTER else GAUGE, "", names)
-
-
 class SeriesWriter:
     """The metric files of one worker identity, and the journal that keeps them crash-safe.
 
@@ -138,19 +124,22 @@ class SeriesWriter:
             self.journal_state = journal.get("state")
             self.close()
         suffix = f"_{self.identity}.db"
-        loaded: list[tuple[str, str, float]] = []
+        files = []
         for name in sorted(os.listdir(self.directory)):
             if not name.endswith(suffix):
                 continue
-            file_type = name.split("_", 1)[0]
             path = os.path.join(self.directory, name)
             try:
-                entries = list(_read_file(path))
+                files.append((name, path, list(_read_file(path))))
             except (CorruptFile, OSError, ValueError) as exc:
                 # A file we cannot trust is moved aside rather than served.
                 os.replace(path, path + ".corrupt")
                 raise CorruptFile(f"{path}: {exc}; moved aside") from exc
-            now = self.clock()
+        self._register_stored(files)
+        loaded: list[tuple[str, str, float]] = []
+        now = self.clock()
+        for name, path, entries in files:
+            file_type = name.split("_", 1)[0]
             kept = []
             for key, value, ts in entries:
                 if ts >= 0 and not self._expired(key, ts, now):
@@ -169,6 +158,30 @@ class SeriesWriter:
         if moved:
             for sk in self.values:
                 self._stage(sk, time.time())
+
+    def _register_stored(self, files) -> None:
+        """Rebuild the families of stored keys that no module has registered (user metrics,
+        user mappings: registered on their first event) from all their keys, so a restart
+        restores them whole and the next event finds them as they were."""
+        found: dict[str, list] = {}
+        for name, _path, entries in files:
+            file_type = name.split("_", 1)[0]
+            for key, _value, _ts in entries:
+                metric_name, _sample, labels, help_text = json.loads(key)
+                if metric_name in catalogue.REGISTRY or metric_name + "_total" in catalogue.REGISTRY:
+                    continue
+                full = metric_name + "_total" if file_type == COUNTER else metric_name
+                f = found.setdefault(full, [file_type, help_text, set(), set()])
+                f[2].update(k for k in labels if k != "le" and k not in self.static_labels)
+                if labels.get("le", "+Inf") != "+Inf":
+                    f[3].add(float(labels["le"]))
+        for full, (file_type, help_text, names, bounds) in found.items():
+            if file_type == HISTOGRAM and not bounds:
+                continue
+            catalogue.register(Family(
+                full, file_type if file_type in (COUNTER, HISTOGRAM) else GAUGE, help_text,
+                tuple(sorted(names)), tuple(sorted(bounds)) if file_type == HISTOGRAM else (),
+                fed_by="metric"))
 
     def _expired(self, key: str, ts: float, now: float) -> bool:
         name = json.loads(key)[0]
@@ -205,8 +218,9 @@ class SeriesWriter:
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
         metric_name, sample_name, labels, _help = json.loads(key)
-        fam = family_from_key(metric_name, sample_name, labels, file_type)
-        catalogue.REGISTRY.setdefault(fam.name, fam)
+        fam = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
+        if fam is None:
+            return  # a family that could not be rebuilt: its keys are dropped below
         lv = tuple(str(labels.get(n, "")) for n in fam.labels)
         sk = (fam, lv)
         if fam.type == HISTOGRAM:
