@@ -204,9 +204,7 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
             dgram = bind_unix(src.socket_datagram, socket.SOCK_DGRAM, src.socket_mode, src.socket_group)
     except (SocketError, OSError, KeyError) as exc:
         log.error("cannot open socket source: %s", exc)
-        StateDir(cfg.state_dir).write_status(identity, {
-            "identity": identity, "role": "socket", "pid": os.getpid(), "updated": time.time(),
-            "error": str(exc)})
+        write_status(StateDir(cfg.state_dir), identity, "socket", {"error": str(exc)})
         raise SystemExit(1) from exc
     state = StateDir(cfg.state_dir)
     writer = make_writer(cfg, state, identity, journal=False)
