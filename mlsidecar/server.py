@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import __version__
 from . import catalogue as C
+from . import negotiate
 from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
 from .runtime.state import StateDir
@@ -50,12 +51,16 @@ class Server:
         return body
 
     async def metrics(self, request: web.Request) -> web.Response:
-        accept = request.headers.get("Accept", "")
-        openmetrics = "application/openmetrics-text" in accept
+        fmt = negotiate.choose_format(request.headers.get("Accept"))
+        if fmt is None:
+            return web.Response(status=406, text=f"Not Acceptable: this endpoint serves {TEXT_CONTENT_TYPE} "
+                                                 f"or {OPENMETRICS_CONTENT_TYPE}\n")
+        openmetrics = fmt == "openmetrics"
         loop = asyncio.get_running_loop()
         body = await loop.run_in_executor(self.executor, self._render, openmetrics)
-        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+                   "Vary": "Accept, Accept-Encoding"}
+        if negotiate.wants_gzip(request.headers.get("Accept-Encoding")):
             body = await loop.run_in_executor(self.executor, gzip.compress, body, 1)
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
