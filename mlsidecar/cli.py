@@ -14,7 +14,7 @@ import tempfile
 
 from . import __version__
 from . import config as configmod
-from .config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, ConfigError
+from .config import DEFAULT_LISTEN, DEFAULT_STATE_DIR, LOG_FORMATS, ConfigError
 
 log = logging.getLogger("mlsidecar")
 
@@ -30,11 +30,46 @@ examples:
 docs: README.md, docs/events.md (what to write), docs/metrics.md (what you get)
 """
 
+ENDPOINTS = """\
+endpoints:
+  /metrics          Prometheus text, or OpenMetrics when asked (--web.telemetry-path moves it)
+  /healthz /-/healthy   alive
+  /readyz  /-/ready     every worker is up and its sources are open
+  POST /-/reload    re-read the config (with --web.enable-lifecycle)
+  /                 status page
+"""
 
-def _collector_names() -> list[str]:
+
+class Parser(argparse.ArgumentParser):
+    """A bad flag or value: one line naming it, exit code 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _listen(value: str) -> str:
+    try:
+        configmod.parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _telemetry_path(value: str) -> str:
+    try:
+        return configmod.check_telemetry_path(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _collector_classes() -> dict:
     from . import collectors
 
-    return sorted(collectors.load_all())
+    return dict(sorted(collectors.load_all().items()))
+
+
+def _collector_names() -> list[str]:
+    return list(_collector_classes())
 
 
 def _add_run_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -44,8 +79,12 @@ def _add_run_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
                        help="JSON-lines file or glob to follow (repeatable); quote globs")
         p.add_argument("--socket", metavar="PATH", help="unix stream socket to listen on for events")
         p.add_argument("--socket-datagram", metavar="PATH", help="unix datagram socket for events")
-    p.add_argument("--listen", metavar="HOST:PORT",
+    p.add_argument("--web.listen-address", "--listen", dest="listen", metavar="HOST:PORT", type=_listen,
                    help=f"scrape address (default {'127.0.0.1:9877' if demo else DEFAULT_LISTEN})")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH", type=_telemetry_path,
+                   help="path the metrics are served on (default /metrics)")
+    p.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                   help="allow POST /-/reload (re-read the config, like SIGHUP)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="metric files and read positions "
                         f"(default {'a temporary directory' if demo else DEFAULT_STATE_DIR}"
@@ -56,16 +95,18 @@ def _add_run_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
                    help="TLS and basic-auth config, the exporter-toolkit format node_exporter uses")
     p.add_argument("--watch", choices=("auto", "inotify", "poll"),
                    help="how to notice file changes (default auto: inotify, polling where it fails)")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    for name in _collector_names():
-        p.add_argument(f"--collector.{name}", dest=f"collector_on_{name}", action="store_true",
-                       help=f"enable the {name} collector")
-        p.add_argument(f"--no-collector.{name}", dest=f"collector_off_{name}", action="store_true",
-                       help=argparse.SUPPRESS)
+    p.add_argument("--log.level", "--log-level", dest="log_level", metavar="LEVEL",
+                   choices=("debug", "info", "warning", "error"), help="debug, info (default), warning or error")
+    p.add_argument("--log.format", dest="log_format", choices=LOG_FORMATS, metavar="FORMAT",
+                   help="logfmt (default) or json, one object per line")
+    for name, cls in _collector_classes().items():
+        default = "on" if cls.default_enabled else "off"
+        p.add_argument(f"--collector.{name}", dest=f"collector_{name}", action=argparse.BooleanOptionalAction,
+                       help=f"{cls.summary or name} (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mlsidecar",
         description="Turn an ML workload's JSON-lines events, GPU and process readings "
                     "into Prometheus metrics on one port.",
@@ -75,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the sidecar",
                          description="Run the sidecar: follow sources, collect, serve /metrics. "
-                                     "--no-collector.NAME turns a collector off.")
+                                     "--no-collector.NAME turns a collector off.",
+                         epilog=ENDPOINTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(run)
 
     demo = sub.add_parser("demo", help="run the sidecar on a built-in demo workload",
@@ -104,16 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _flags(args: argparse.Namespace) -> dict:
     toggles = {}
     for name in _collector_names():
-        if getattr(args, f"collector_on_{name}", False):
-            toggles[name] = True
-        if getattr(args, f"collector_off_{name}", False):
-            toggles[name] = False
+        on = getattr(args, f"collector_{name}", None)
+        if on is not None:
+            toggles[name] = on
     return {
         "listen": args.listen, "tail": getattr(args, "tail", None),
         "socket": getattr(args, "socket", None), "socket_datagram": getattr(args, "socket_datagram", None),
         "state_dir": args.state_dir, "multiproc_dir": args.multiproc_dir,
         "web_config_file": args.web_config_file, "watch": args.watch, "log_level": args.log_level,
-        "collectors": toggles,
+        "log_format": args.log_format, "telemetry_path": args.telemetry_path,
+        "enable_lifecycle": args.enable_lifecycle, "collectors": toggles,
     }
 
 
@@ -157,6 +199,7 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
             cfg = _watch_demo_workload(cfg, demo_pid_file)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    logs.setup(cfg.log_level, cfg.log_format)
     if cfg.server.web_config_file:
         from . import webconfig
 
@@ -178,7 +221,6 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
     except OSError as exc:
         return _fail(f"cannot listen on {cfg.server.listen}: {exc.strerror} "
                      "(another process has the port? choose one with --listen)")
-    logs.setup(cfg.log_level)
     if not (cfg.sources.tail or cfg.sources.socket or cfg.sources.socket_datagram):
         log.warning("no sources configured (--tail, --socket): serving collector and self metrics only")
     notify = None

@@ -15,6 +15,7 @@ from typing import Any
 DEFAULT_PORT = 9877
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_STATE_DIR = "/var/lib/mlsidecar"
+LOG_FORMATS = ("logfmt", "json")
 
 
 class ConfigError(Exception):
@@ -32,6 +33,8 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     web_config_file: str = ""
     multiproc_dirs: tuple[str, ...] = ()
+    telemetry_path: str = "/metrics"
+    enable_lifecycle: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Config:
     source: str = "(defaults)"
     state_dir: str = DEFAULT_STATE_DIR
     log_level: str = "info"
+    log_format: str = "logfmt"
     server: ServerConfig = field(default_factory=ServerConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     labels: tuple[tuple[str, str], ...] = ()
@@ -142,10 +146,24 @@ def _kind_name(kind) -> str:
 def parse_listen(value: str) -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or '[::1]:PORT' into (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit():
         raise ValueError(f"{value!r} is not HOST:PORT")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: port {port} is out of range 1-65535")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+RESERVED_PATHS = ("/", "/healthz", "/readyz", "/-/healthy", "/-/ready", "/-/reload")
+
+
+def check_telemetry_path(path: str) -> str:
+    """The path /metrics is served on: absolute, and not one of the other endpoints."""
+    if not path.startswith("/") or any(c in path for c in " ?#"):
+        raise ValueError(f"{path!r} is not an absolute URL path like /metrics")
+    if path in RESERVED_PATHS:
+        raise ValueError(f"{path!r} is taken by another endpoint")
+    return path
 
 
 def load(path: str | None = None) -> Config:
@@ -172,17 +190,26 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     cfg["log_level"] = top.get("log_level", str, "info").lower()
     if cfg["log_level"] not in ("debug", "info", "warning", "error"):
         raise top.error("log_level", "must be one of debug, info, warning, error")
+    cfg["log_format"] = top.get("log_format", str, "logfmt").lower()
+    if cfg["log_format"] not in LOG_FORMATS:
+        raise top.error("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
 
     s = top.table("server")
     server = ServerConfig(
         listen=s.get("listen", str, DEFAULT_LISTEN),
         web_config_file=s.get("web_config_file", str, ""),
         multiproc_dirs=_strings(s, "multiproc_dirs"),
+        telemetry_path=s.get("telemetry_path", str, "/metrics"),
+        enable_lifecycle=s.get("enable_lifecycle", bool, False),
     )
     try:
         parse_listen(server.listen)
     except ValueError as exc:
         raise s.error("listen", str(exc)) from None
+    try:
+        check_telemetry_path(server.telemetry_path)
+    except ValueError as exc:
+        raise s.error("telemetry_path", str(exc)) from None
     s.finish()
     cfg["server"] = server
 
@@ -270,6 +297,10 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         server = replace(server, web_config_file=flags["web_config_file"])
     if flags.get("multiproc_dir"):
         server = replace(server, multiproc_dirs=tuple(flags["multiproc_dir"]))
+    if flags.get("telemetry_path"):
+        server = replace(server, telemetry_path=flags["telemetry_path"])
+    if flags.get("enable_lifecycle"):
+        server = replace(server, enable_lifecycle=True)
     if flags.get("tail"):
         sources = replace(sources, tail=tuple(flags["tail"]))
     if flags.get("socket"):
@@ -283,6 +314,8 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         out = replace(out, state_dir=flags["state_dir"])
     if flags.get("log_level"):
         out = replace(out, log_level=flags["log_level"])
+    if flags.get("log_format"):
+        out = replace(out, log_format=flags["log_format"])
     toggles = flags.get("collectors") or {}
     if toggles:
         from . import collectors

@@ -11,6 +11,7 @@ import concurrent.futures
 import gzip
 import html
 import logging
+import os
 import signal
 import socket
 import time
@@ -107,16 +108,27 @@ class Server:
 <body><h1>mlsidecar {html.escape(__version__)}</h1>
 <p>{'Ready' if ready else 'Not ready: ' + html.escape('; '.join(problems))}.
 Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.series} series.</p>
-<p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+<p><a href="{html.escape(self.cfg.server.telemetry_path)}">{html.escape(self.cfg.server.telemetry_path)}</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
 <table><tr><th>worker</th><th>source</th><th>lines read</th><th>bytes behind</th></tr>
 {''.join(rows)}</table></body></html>"""
         return web.Response(text=page, content_type="text/html")
 
+    async def reload(self, request: web.Request) -> web.Response:
+        """POST /-/reload: ask the supervisor to re-read the config (SIGHUP), as Prometheus does."""
+        if not self.cfg.server.enable_lifecycle:
+            return web.Response(status=403, text="Lifecycle API is not enabled (--web.enable-lifecycle).\n")
+        # After the answer is out: the reload restarts this process too.
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getppid(), signal.SIGHUP)
+        return web.Response(text="reload requested\n")
+
     def app(self, middlewares=()) -> web.Application:
         app = web.Application(middlewares=list(middlewares))
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get(self.cfg.server.telemetry_path, self.metrics)
+        for path in ("/healthz", "/-/healthy"):
+            app.router.add_get(path, self.healthz)
+        for path in ("/readyz", "/-/ready"):
+            app.router.add_get(path, self.readyz)
+        app.router.add_post("/-/reload", self.reload)
         app.router.add_get("/", self.index)
         return app
 
@@ -160,7 +172,7 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
         await runner.setup()
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
-        log.info("serving /metrics on %s", cfg.server.listen)
+        log.info("serving %s on %s", cfg.server.telemetry_path, cfg.server.listen)
         await stop.wait()
         await runner.cleanup()
 

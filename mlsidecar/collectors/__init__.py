@@ -41,6 +41,7 @@ class Collector:
     """
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for --help
     default_enabled: ClassVar[bool] = True
     default_interval: ClassVar[float] = 5.0
     options: ClassVar[dict[str, tuple[type, Any]]] = {}

@@ -203,6 +203,8 @@ class XidWatcher(threading.Thread):
 class GpuCollector(Collector):
     """Per-GPU readings from NVML; see the module docstring."""
 
+    summary = "GPU utilisation, memory, power, temperature, clocks and errors from NVML"
+
     name = "gpu"
     default_enabled = True
     default_interval = 5.0

@@ -64,6 +64,7 @@ class HostCollector(Collector):
     """CPU, load, memory, swap, filesystem space and network bytes of the host."""
 
     name = "host"
+    summary = "host CPU, load, memory, swap, filesystem space and network bytes"
     default_enabled = False
     default_interval = 15.0
     options = {

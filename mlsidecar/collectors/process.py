@@ -298,6 +298,7 @@ class ProcessCollector(Collector):
     """CPU, memory, threads, fds, I/O and context switches of the workload's processes."""
 
     name = "process"
+    summary = "CPU, memory, threads, fds and I/O of the workload's processes"
     default_enabled = True
     default_interval = 5.0
     options = {
