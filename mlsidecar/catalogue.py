@@ -256,3 +256,24 @@ SCRAPE_FILES_SKIPPED = _f(
     "Times a metric file was skipped while serving a scrape (empty, truncated or corrupt).",
     (), fed_by="server",
 )
+SCRAPE_KEYS_SKIPPED = _f(
+    "mlsidecar_multiproc_keys_skipped_total", COUNTER,
+    "Series keys in a multiprocess file left out of the exposition, by reason (bad key, invalid name, "
+    "clashing family).", ("reason",), fed_by="server",
+)
+SCRAPES = _f(
+    "mlsidecar_scrapes_total", COUNTER, "Scrapes of /metrics answered.", (), fed_by="server",
+)
+SCRAPE_RENDERS = _f(
+    "mlsidecar_scrape_renders_total", COUNTER,
+    "Times the exposition was rendered; concurrent scrapes share one render.", (), fed_by="server",
+)
+HTTP_REJECTED = _f(
+    "mlsidecar_http_rejected_total", COUNTER,
+    "HTTP connections or requests refused by a server limit, by reason.", ("reason",), fed_by="server",
+)
+SOCKET_CONNECTIONS_REJECTED = _f(
+    "mlsidecar_socket_connections_rejected_total", COUNTER,
+    "Stream connections closed at accept because a limit was reached, by source and reason.",
+    ("source", "reason"), fed_by="socket source",
+)

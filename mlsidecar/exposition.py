@@ -254,7 +254,9 @@ class MetricsReader:
                         stamps[slot] = t
         return values, stamps
 
-    def render(self, openmetrics: bool = False) -> str:
+    def render(self, openmetrics: bool = False, extra=()) -> str:
+        """The whole exposition; ``extra`` adds the server's own counters:
+        ``[(family, [(label items, value), ...]), ...]``."""
         values, stamps = self.collect()
         now = self.clock()
         out: list[str] = []
@@ -283,6 +285,9 @@ class MetricsReader:
         skipped = catalogue.SCRAPE_FILES_SKIPPED
         self._header(out, skipped.name, skipped.type, skipped.help, openmetrics)
         out.append(f"{skipped.name} {format_value(float(self.skipped_files))}")
+        for fam, samples in extra:
+            self._header(out, fam.name, fam.type, fam.help, openmetrics)
+            out.extend(f"{fam.name}{render_labels(labels)} {format_value(float(v))}" for labels, v in samples)
         if openmetrics:
             out.append("# EOF")
         self.series = series

@@ -2,6 +2,7 @@
 
 Collection runs in one background thread, so a slow disk or a huge scrape can
 never hold up the health endpoints, and two scrapes never read at once.
+Scrapes that arrive while a render is running share it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ log = logging.getLogger("mlsidecar.server")
 STALE_AFTER = 10.0  # a worker whose status is older than this is not ready
 
 
+# Why the HTTP server refused a connection or request (mlsidecar_http_rejected_total{reason}).
+REJECT_REASONS = ("connection_limit", "auth_busy")
+
+
+class _Rendered:
+    """One render of the exposition, shared by every scrape that waited for it."""
+
+    __slots__ = ("body", "gzipped")
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.gzipped: asyncio.Future | None = None
+
+
 class Server:
     def __init__(self, cfg: Config, state: StateDir, expected: list[str], clock=time.time):
         self.cfg = cfg
@@ -41,15 +56,51 @@ class Server:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")
         self.started = clock()
         self.scrapes = 0
+        self.renders = 0
+        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._inflight: dict[bool, asyncio.Future] = {}
         self.last_scrape_seconds = 0.0
 
     # --- /metrics ---------------------------------------------------------------
-    def _render(self, openmetrics: bool) -> bytes:
+    # Scrapes that arrive while a render of the same format is running wait for
+    # that render and share its bytes (and its gzip), so 200 concurrent scrapes
+    # cost one render, not 200 queued one after another.
+    def _render(self, openmetrics: bool) -> "_Rendered":
         t0 = time.perf_counter()
-        body = self.reader.render(openmetrics).encode()
+        self.renders += 1
+        body = self.reader.render(openmetrics, self.own_families()).encode()
         self.last_scrape_seconds = time.perf_counter() - t0
-        self.scrapes += 1
-        return body
+        return _Rendered(body)
+
+    def own_families(self) -> list:
+        """The server's own counters, rendered with every scrape."""
+        return [
+            (C.SCRAPES, [((), self.scrapes)]),
+            (C.SCRAPE_RENDERS, [((), self.renders)]),
+            (C.HTTP_REJECTED, [((("reason", r),), n) for r, n in sorted(self.rejected.items())]),
+        ]
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    async def exposition(self, openmetrics: bool, gz: bool) -> bytes:
+        loop = asyncio.get_running_loop()
+        fut = self._inflight.get(openmetrics)
+        if fut is None:
+            fut = loop.run_in_executor(self.executor, self._render, openmetrics)
+            self._inflight[openmetrics] = fut
+
+            def done(f, key=openmetrics):
+                if self._inflight.get(key) is f:
+                    del self._inflight[key]
+
+            fut.add_done_callback(done)
+        rendered = await asyncio.shield(fut)
+        if not gz:
+            return rendered.body
+        if rendered.gzipped is None:
+            rendered.gzipped = loop.run_in_executor(self.executor, gzip.compress, rendered.body, 1)
+        return await asyncio.shield(rendered.gzipped)
 
     async def metrics(self, request: web.Request) -> web.Response:
         fmt = negotiate.choose_format(request.headers.get("Accept"))
@@ -57,12 +108,12 @@ class Server:
             return web.Response(status=406, text=f"Not Acceptable: this endpoint serves {TEXT_CONTENT_TYPE} "
                                                  f"or {OPENMETRICS_CONTENT_TYPE}\n")
         openmetrics = fmt == "openmetrics"
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(self.executor, self._render, openmetrics)
+        gz = negotiate.wants_gzip(request.headers.get("Accept-Encoding"))
+        self.scrapes += 1
+        body = await self.exposition(openmetrics, gz)
         headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
                    "Vary": "Accept, Accept-Encoding"}
-        if negotiate.wants_gzip(request.headers.get("Accept-Encoding")):
-            body = await loop.run_in_executor(self.executor, gzip.compress, body, 1)
+        if gz:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
