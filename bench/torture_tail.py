@@ -1,22 +1,35 @@
-"""Tail torture (issue 4): real logrotate and SIGKILLed sidecars while a writer appends.
+"""Tail torture: real logrotate and bursts of SIGKILL while a writer appends lines that all look alike.
 
-A writer thread appends numbered prediction events to a file. Meanwhile, at random moments,
-(a) the real logrotate (/usr/sbin/logrotate -f) rotates the file, in ``create`` mode (rename,
-then a new file; the writer reopens the path for every write, as an app reopening on SIGHUP
-would, so some writes still land in the renamed file) or in ``copytruncate`` mode (the writer
-keeps one O_APPEND descriptor), and (b) the sidecar's whole process group is SIGKILLed and,
-after a random pause, restarted on the same state dir.
+A writer thread appends numbered prediction events in batches of 1-200 lines; every line has the
+same shape and the same labels (``{"event":"prediction","model":"m",...,"seq":N}``), as one
+writer's structured log does. Meanwhile, at seeded random moments,
 
-At the end the sidecar is left up until the count settles, then lines written are compared with
-sum(ml_predictions_total):
+* the real logrotate (``logrotate -f``) rotates the file, every ``--rotate-every`` seconds
+  (sub-second by default), in one of these modes:
 
-* create mode: must be exact (nothing lost, nothing counted twice);
-* copytruncate mode: never more than written; the difference (lines written between logrotate's
-  copy and its truncate, which exist only in the copy) is reported.
+  - ``create``: rename, then a new file (the writer opens the path for every batch, as a
+    logger that reopens after rotation does, so some batches still land in the renamed file);
+  - ``copytruncate``: copy, then truncate in place (the writer keeps one O_APPEND descriptor);
+  - ``dateext``: ``create`` with dated names (``events.jsonl-20261201-101502``);
+  - ``delaycompress``: ``create`` with ``compress`` + ``delaycompress`` (``.1`` stays plain,
+    ``.2.gz`` and older are gzipped);
 
+* the sidecar's whole process group gets SIGKILL and is started again at once on the same
+  state dir; kills come in bursts (the next one 50 ms later, during start-up or journal replay),
+  and some outages are held long enough for two rotations while the sidecar is down.
+
+When the writer stops, the sidecar is left up until the count settles, then the lines written
+are compared with sum(ml_predictions_total):
+
+* create, dateext, delaycompress: exact (nothing lost, nothing counted twice);
+* copytruncate: never more than written; the lines lost (written between logrotate's copy and its
+  truncate) are reported, and the share must be at least ``--min-share``.
+
+``mlsidecar_source_gaps_total`` (losses the sidecar detected) is reported beside the count.
 Exit code 1 on a mismatch. The whole run is bounded by --duration (split over the modes).
 
-    python3 bench/torture_tail.py [--duration 120] [--mode both|create|copytruncate] [--seed N]
+    python3 bench/torture_tail.py [--duration 120] [--mode all|create|copytruncate|dateext|delaycompress]
+                                  [--seed N] [--kills-per-minute 30]
 """
 
 from __future__ import annotations
@@ -30,8 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-
-import orjson
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,34 +51,32 @@ from bench import common  # noqa: E402
 from bench.common import Daemon, sample_sum, table  # noqa: E402
 
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
+MODES = ("create", "copytruncate", "dateext", "delaycompress")
+EXACT = ("create", "dateext", "delaycompress")
+
+
+def line(seq: int) -> bytes:
+    return (b'{"event":"prediction","model":"m","version":"v","status":"success","latency_s":0.01,"seq":'
+            + str(seq).encode() + b"}\n")
 
 
 class Writer(threading.Thread):
-    def __init__(self, path: str, mode: str, rate: int, seed: int):
+    """Appends ``rate`` alike lines a second in batches of 1-200, at most ``limit`` lines."""
+
+    def __init__(self, path: str, reopen: bool, rate: int, seed: int, limit: int):
         super().__init__(daemon=True)
-        self.path, self.mode, self.rate = path, mode, rate
+        self.path, self.reopen, self.rate, self.limit = path, reopen, rate, limit
         self.rng = random.Random(seed)
         self.written = 0
         self.stop_flag = threading.Event()
 
-    def _lines(self, n: int) -> bytes:
-        out = []
-        for _ in range(n):
-            self.written += 1
-            out.append(orjson.dumps({"event": "prediction", "model": "torture", "version": "v1",
-                                     "status": "success", "latency_s": 0.01,
-                                     "prediction_id": f"n-{self.written:09d}"}))
-        return b"\n".join(out) + b"\n"
-
     def run(self) -> None:
-        fd = None
-        if self.mode == "copytruncate":
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = None if self.reopen else os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             next_at = time.monotonic()
-            while not self.stop_flag.is_set():
-                n = self.rng.randint(1, max(1, self.rate // 50))
-                data = self._lines(n)
+            while not self.stop_flag.is_set() and self.written < self.limit:
+                n = min(self.rng.randint(1, 200), self.limit - self.written)
+                data = b"".join(line(self.written + k) for k in range(n))
                 if fd is not None:
                     os.write(fd, data)
                 else:
@@ -75,6 +85,7 @@ class Writer(threading.Thread):
                         os.write(f, data)
                     finally:
                         os.close(f)
+                self.written += n
                 next_at += n / self.rate
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -84,12 +95,46 @@ class Writer(threading.Thread):
                 os.close(fd)
 
 
+@dataclass
+class Options:
+    seconds: float = 30.0
+    rate: int = 2500
+    seed: int = 1
+    rotate_every: tuple[float, float] = (0.2, 1.0)
+    kills_per_minute: float = 30.0
+    burst: float = 0.4  # chance that the next kill follows 50 ms after a restart
+    long_outage: float = 0.2  # chance that an outage lasts for two rotations
+    keep: int = 1000  # logrotate's "rotate" count
+    settle: float = 60.0
+    min_share: float = 0.99
+    extra: dict = field(default_factory=dict)
+
+
+def logrotate_conf(mode: str, path: str, keep: int) -> str:
+    body = [f"rotate {keep}", "missingok", "notifempty" if mode == "dateext" else "ifempty"]
+    if mode == "copytruncate":
+        body += ["copytruncate", "nocompress"]
+    else:
+        body += ["create 0644"]
+        if mode == "dateext":
+            body += ["dateext", "dateformat -%Y%m%d-%H%M%S", "nocompress"]
+        elif mode == "delaycompress":
+            body += ["compress", "delaycompress"]
+        else:
+            body += ["nocompress"]
+    return f"{path} {{\n" + "".join(f"    {b}\n" for b in body) + "}\n"
+
+
 def count(d: Daemon) -> float:
     return sample_sum(d.metrics(), "ml_predictions_total")
 
 
-def torture(mode: str, seconds: float, args, work: str) -> dict:
-    rng = random.Random(args.seed)
+def torture(mode: str, opts: Options, work: str, log=print) -> dict:
+    """One run of ``mode``; returns what was written, counted, and how rough it was."""
+    rng = random.Random(f"{opts.seed}-{mode}")
+    rotate_every = opts.rotate_every
+    if mode == "dateext":  # names carry the second: one rotation a second at most
+        rotate_every = (max(1.05, rotate_every[0]), max(1.5, rotate_every[1]))
     run = os.path.join(work, mode)
     logdir = os.path.join(run, "log")
     os.makedirs(logdir)
@@ -97,64 +142,60 @@ def torture(mode: str, seconds: float, args, work: str) -> dict:
     open(path, "wb").close()
     conf = os.path.join(run, "logrotate.conf")
     with open(conf, "w") as fh:
-        fh.write(f"{path} {{\n    rotate {args.keep}\n    missingok\n    nocompress\n"
-                 + ("    copytruncate\n" if mode == "copytruncate" else "    create 0644\n") + "}\n")
+        fh.write(logrotate_conf(mode, path, opts.keep))
     lr_state = os.path.join(run, "logrotate.state")
     state_dir = os.path.join(run, "state")
-    port = common.free_port()
-    d = Daemon(run, "--tail", path, state_dir=state_dir, port=port, log_name="sidecar.log")
+    d = Daemon(run, "--tail", path, state_dir=state_dir, port=common.free_port(), log_name="sidecar.log")
     d.start()
-    w = Writer(path, mode, args.rate, args.seed)
+    w = Writer(path, mode != "copytruncate", opts.rate, rng.randrange(1 << 30),
+               limit=int(opts.rate * opts.seconds * 2))
     w.start()
-    kills = rotations = 0
+    kills = rotations = rotations_down = bursts = 0
     rot_errors: list[str] = []
+
+    def rotate() -> None:
+        nonlocal rotations
+        r = subprocess.run([LOGROTATE, "-f", "-s", lr_state, conf], capture_output=True, timeout=30)
+        rotations += 1
+        if r.returncode != 0:
+            rot_errors.append(r.stderr.decode()[-300:])
+
+    mean_gap = 60.0 / opts.kills_per_minute
     t0 = time.monotonic()
-    end = t0 + seconds
-    next_rotate = t0 + rng.uniform(*args.rotate_every)
-    next_kill = t0 + rng.uniform(*args.kill_every)
+    end = t0 + opts.seconds
+    next_rotate = t0 + rng.uniform(*rotate_every)
+    next_kill = t0 + rng.uniform(0.3, 2 * mean_gap)
     restart_at = None
-    # Diagnosis: files whose whole life (created by one rotation, renamed by the next) fell
-    # inside one outage were never opened by a running sidecar.
-    up = True
-    last_ready_check = 0.0
-    seen: set[int] = set()
-    unseen_rotated: list[int] = []
     try:
         while time.monotonic() < end:
             now = time.monotonic()
-            if not up and d.proc is not None and now - last_ready_check > 0.2:
-                last_ready_check = now
-                try:
-                    up = d.ready()
-                except (OSError, RuntimeError):
-                    up = False
-            if up:
-                try:
-                    seen.add(os.stat(path).st_ino)
-                except FileNotFoundError:
-                    pass
             if now >= next_rotate:
-                try:
-                    ino = os.stat(path).st_ino
-                    if ino not in seen:
-                        unseen_rotated.append(ino)
-                except FileNotFoundError:
-                    pass
-                r = subprocess.run([LOGROTATE, "-f", "-s", lr_state, conf], capture_output=True, timeout=30)
-                rotations += 1
-                if r.returncode != 0:
-                    rot_errors.append(r.stderr.decode()[-300:])
-                next_rotate = time.monotonic() + rng.uniform(*args.rotate_every)
+                rotate()
+                if d.proc is None:
+                    rotations_down += 1
+                next_rotate = time.monotonic() + rng.uniform(*rotate_every)
             if restart_at is None and now >= next_kill and d.proc is not None:
                 d.kill()
-                up = False
                 kills += 1
-                restart_at = time.monotonic() + rng.uniform(*args.down_for)
+                if rng.random() < opts.long_outage:
+                    # Down across two rotations: the generation being read is rotated twice.
+                    time.sleep(rng.uniform(0.0, 0.1))
+                    rotate()
+                    time.sleep(rng.uniform(0.0, 0.2) + (rotate_every[0] if mode == "dateext" else 0.0))
+                    rotate()
+                    rotations_down += 2
+                    restart_at = time.monotonic()
+                else:
+                    restart_at = time.monotonic() + rng.uniform(0.0, 0.3)
             if restart_at is not None and now >= restart_at:
-                d.start(wait=False)  # no wait: rotations go on while it starts up
+                d.start(wait=False)  # no wait: rotations and kills go on while it starts up
                 restart_at = None
-                next_kill = time.monotonic() + rng.uniform(*args.kill_every)
-            time.sleep(0.02)
+                if rng.random() < opts.burst:
+                    bursts += 1
+                    next_kill = time.monotonic() + 0.05 * rng.randint(1, 6)  # during start-up
+                else:
+                    next_kill = time.monotonic() + rng.uniform(0.5, 2 * mean_gap)
+            time.sleep(0.01)
     finally:
         w.stop_flag.set()
         w.join(10)
@@ -162,78 +203,78 @@ def torture(mode: str, seconds: float, args, work: str) -> dict:
         d.start()
     else:
         common.wait_for(d.ready, 30, what="sidecar ready")
-    # Let it settle: exact in create mode; stable for a few seconds in copytruncate mode.
+    # Let it settle: exact in the exact modes; stable for a few seconds otherwise.
     got, stable_since, last = -1.0, time.monotonic(), None
-    deadline = time.monotonic() + args.settle
+    deadline = time.monotonic() + opts.settle
     while time.monotonic() < deadline:
         got = count(d)
         if got == w.written:
-            time.sleep(0.6)
+            time.sleep(1.0)
             got = count(d)
             break
         if got != last:
             last, stable_since = got, time.monotonic()
-        elif mode == "copytruncate" and time.monotonic() - stable_since > 5:
+        elif time.monotonic() - stable_since > 5:
             break
         time.sleep(0.2)
     text = d.metrics()
     rejected = sample_sum(text, "mlsidecar_events_rejected_total")
+    gaps = sample_sum(text, "mlsidecar_source_gaps_total")
     d.stop()
-    unseen_lines = 0
-    for name in os.listdir(logdir):
-        p = os.path.join(logdir, name)
-        if os.stat(p).st_ino in unseen_rotated:
-            with open(p, "rb") as fh:
-                unseen_lines += fh.read().count(b"\n")
-    ok = got == w.written if mode == "create" else got <= w.written
-    return {"mode": mode, "seconds": seconds, "written": w.written, "counted": got, "kills": kills,
-            "rotations": rotations, "rot_errors": rot_errors, "rejected": rejected, "ok": ok,
-            "unseen_files": len(unseen_rotated), "unseen_lines": unseen_lines,
-            "log": d.log_path}
+    if mode in EXACT:
+        ok = got == w.written
+    else:
+        ok = got <= w.written and got >= opts.min_share * w.written
+    return {"mode": mode, "seconds": opts.seconds, "written": w.written, "counted": got, "kills": kills,
+            "bursts": bursts, "rotations": rotations, "rotations_down": rotations_down,
+            "rot_errors": rot_errors, "rejected": rejected, "gaps": gaps, "ok": ok, "log": d.log_path,
+            "work": run}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds in all (split over the modes)")
-    ap.add_argument("--mode", choices=("both", "create", "copytruncate"), default="both")
-    ap.add_argument("--rate", type=int, default=2000, help="lines per second the writer appends")
+    ap.add_argument("--mode", choices=("all", "both") + MODES, default="all",
+                    help="both: create and copytruncate")
+    ap.add_argument("--rate", type=int, default=2500, help="lines per second the writer appends")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--keep", type=int, default=1000, help="logrotate 'rotate' count")
+    ap.add_argument("--kills-per-minute", type=float, default=30.0)
+    ap.add_argument("--rotate-min", type=float, default=0.2)
+    ap.add_argument("--rotate-max", type=float, default=1.0)
     ap.add_argument("--settle", type=float, default=60.0, help="at most this long for the final count")
     args = ap.parse_args()
-    args.rotate_every = (0.5, 3.0)
-    args.kill_every = (1.0, 6.0)
-    args.down_for = (0.0, 1.5)
 
-    modes = ["create", "copytruncate"] if args.mode == "both" else [args.mode]
+    modes = {"all": list(MODES), "both": ["create", "copytruncate"]}.get(args.mode, [args.mode])
     work = tempfile.mkdtemp(prefix="torture-")
-    common.header(f"Tail torture: {', '.join(modes)}, {args.duration:.0f} s, {args.rate} lines/s, seed {args.seed}")
+    opts = Options(seconds=args.duration / len(modes), rate=args.rate, seed=args.seed, keep=args.keep,
+                   kills_per_minute=args.kills_per_minute, rotate_every=(args.rotate_min, args.rotate_max),
+                   settle=args.settle)
+    common.header(f"Tail torture: {', '.join(modes)}, {args.duration:.0f} s, {args.rate} lines/s, "
+                  f"seed {args.seed}, alike lines")
     results = []
     try:
         for mode in modes:
             print(f"  {mode} ...", flush=True)
-            results.append(torture(mode, args.duration / len(modes), args, work))
+            results.append(torture(mode, opts, work))
         rows = []
         for r in results:
             diff = r["written"] - r["counted"]
             verdict = "ok" if r["ok"] else "FAIL"
             if r["mode"] == "copytruncate" and r["ok"] and diff:
-                verdict = f"ok ({diff:,.0f} lost in copy-truncate windows, none counted twice)"
-            rows.append([r["mode"], f"{r['seconds']:.0f} s", r["rotations"], r["kills"], f"{r['written']:,}",
-                         f"{r['counted']:,.0f}", f"{diff:,.0f}", f"{r['rejected']:,.0f}", verdict])
-            if r["unseen_files"]:
-                print(f"  {r['mode']}: {r['unseen_files']} file(s) were created and rotated away while the sidecar "
-                      f"was down (never opened by it), holding {r['unseen_lines']:,} lines")
+                verdict = f"ok ({100 * r['counted'] / r['written']:.2f} %, none counted twice)"
+            rows.append([r["mode"], f"{r['seconds']:.0f} s", f"{r['rotations']} ({r['rotations_down']} down)",
+                         f"{r['kills']} ({r['bursts']} bursts)", f"{r['written']:,}", f"{r['counted']:,.0f}",
+                         f"{diff:,.0f}", f"{r['gaps']:,.0f}", f"{r['rejected']:,.0f}", verdict])
             for e in r["rot_errors"][:3]:
-                print(f"  logrotate said: {e}")
+                print(f"  {r['mode']}: logrotate said: {e.strip()}")
         print()
-        print(table(["mode", "duration", "rotations", "SIGKILLs", "lines written", "counted", "written - counted",
-                     "rejected", "result"], rows))
+        print(table(["mode", "duration", "rotations", "SIGKILLs", "lines written", "counted",
+                     "written - counted", "gaps counted", "rejected", "result"], rows))
         failed = not all(r["ok"] for r in results)
-        if failed:
-            for r in results:
-                if not r["ok"]:
-                    print(f"\n{r['mode']}: sidecar log kept in {r['log']}")
+        for r in results:
+            if not r["ok"]:
+                print(f"\n{r['mode']}: sidecar log kept in {r['log']}")
         print("\nRESULT:", "FAIL" if failed else "ok")
         if not failed:
             shutil.rmtree(work, ignore_errors=True)
