@@ -32,7 +32,7 @@ STALE_AFTER = 10.0  # a worker whose status is older than this is not ready
 
 
 # Why the HTTP server refused a connection or request (mlsidecar_http_rejected_total{reason}).
-REJECT_REASONS = ("connection_limit", "auth_busy")
+REJECT_REASONS = ("connection_limit", "auth_busy", "auth_failed")
 
 
 class _Rendered:
@@ -211,7 +211,7 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
 
         web_cfg = webconfig.load(cfg.server.web_config_file)
         ssl_context = web_cfg.ssl_context()
-        middlewares = web_cfg.middlewares()
+        middlewares = web_cfg.middlewares(on_reject=server.count_rejected)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -24,11 +24,15 @@ What mlsidecar does differently, on purpose:
   metric data; without credentials ``/readyz`` answers only ``ready`` or
   ``not ready`` (the list of failing workers needs credentials). Every other
   path (``/metrics``, the status page) needs them.
-* A successful bcrypt check is cached for :data:`AUTH_CACHE_SECONDS` (keyed by
-  a SHA-256 of user, password and hash, never the password itself), so a
+* The answer of a bcrypt check is cached for :data:`AUTH_CACHE_SECONDS` (keyed
+  by a SHA-256 of user, password and hash, never the password itself), so a
   Prometheus scraping every 15 s costs one bcrypt run per minute, not one per
-  scrape. Failures are never cached. Unknown users are checked against a dummy
-  hash, so the answer time does not tell which user names exist.
+  scrape, and a client repeating a wrong password costs one run per minute too.
+  At most :data:`AUTH_MAX_CHECKS` bcrypt checks run at once with
+  :data:`AUTH_MAX_WAITING` queued; more get HTTP 429 at once
+  (``mlsidecar_http_rejected_total{reason="auth_busy"}``), so password guessing
+  cannot take the box's cores. Unknown users are checked against a dummy hash,
+  so the answer time does not tell which user names exist.
 * Settings Python's ``ssl`` module cannot honour (``client_auth_type``
   ``RequestClientCert`` / ``RequireAnyClientCert``, ``curve_preferences``,
   ``client_allowed_sans``, inline ``cert``/``key``/``client_ca``) are refused
@@ -43,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import os
 import ssl
@@ -54,7 +59,9 @@ from typing import Any
 from .config import ConfigError
 
 AUTH_CACHE_SECONDS = 60.0
-AUTH_CACHE_SIZE = 256
+AUTH_CACHE_SIZE = 1024
+AUTH_MAX_CHECKS = 1  # bcrypt checks running at once (one core at most)
+AUTH_MAX_WAITING = 8  # more checks queued behind them; beyond: 429 at once
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 BCRYPT_MAX_BYTES = 72  # bcrypt uses the first 72 bytes, as htpasswd and Go's bcrypt do
 
@@ -163,13 +170,17 @@ class WebConfig:
                                   f"cannot load {t.client_ca_file}: {exc}") from None
         return ctx
 
-    def middlewares(self) -> list:
-        """aiohttp middlewares: basic auth (when users are configured) and response headers."""
+    def middlewares(self, on_reject=None) -> list:
+        """aiohttp middlewares: basic auth (when users are configured) and response headers.
+
+        ``on_reject(reason)`` is called for each request refused by basic auth."""
         out = []
         if self.headers:  # outermost, so 401 answers carry the headers too
             out.append(_headers_middleware(dict(self.headers)))
         if self.users:
-            out.append(BasicAuth(self.users).middleware)
+            auth = BasicAuth(self.users)
+            auth.on_reject = on_reject
+            out.append(auth.middleware)
         return out
 
 
@@ -338,18 +349,37 @@ def _check_bcrypt(password: bytes, hashed: bytes) -> bool:
         return False
 
 
+class AuthBusy(Exception):
+    """Too many credential checks are already running or waiting: answer 429, spend nothing."""
+
+
 class BasicAuth:
-    """HTTP basic auth against bcrypt hashes, with a short-lived cache of successful checks."""
+    """HTTP basic auth against bcrypt hashes, with a bounded cost per client.
+
+    Every check's answer, good or bad, is cached for ``ttl`` seconds under a
+    SHA-256 of user, password and hash, so the same credentials cost one
+    bcrypt run per ``ttl`` however often they are sent. Checks that do need
+    bcrypt run on at most ``max_checks`` threads with at most ``max_waiting``
+    more queued; beyond that the request is refused at once (:class:`AuthBusy`,
+    HTTP 429), so clients guessing passwords cannot take more than
+    ``max_checks`` cores, and a Prometheus whose answer is cached is never slowed.
+    """
 
     def __init__(self, users: dict[str, bytes], ttl: float = AUTH_CACHE_SECONDS,
-                 size: int = AUTH_CACHE_SIZE, clock=time.monotonic, check=_check_bcrypt):
+                 size: int = AUTH_CACHE_SIZE, clock=time.monotonic, check=_check_bcrypt,
+                 max_checks: int = AUTH_MAX_CHECKS, max_waiting: int = AUTH_MAX_WAITING):
         self.users = dict(users)
         self.ttl = ttl
         self.size = size
         self.clock = clock
         self.check = check
-        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self.max_checks = max_checks
+        self.max_waiting = max_waiting
+        self._cache: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_checks = 0
         self.bcrypt_runs = 0
+        self.on_reject = None  # called with a reason ("auth_busy", "auth_failed")
 
     @staticmethod
     def parse_header(value: str) -> tuple[str, bytes] | None:
@@ -372,25 +402,33 @@ class BasicAuth:
         return hashlib.sha256(user.encode() + b"\0" + hashed + b"\0" + password).digest()
 
     async def verify(self, user: str, password: bytes) -> bool:
+        """True for good credentials; raises :class:`AuthBusy` when no check can be afforded now."""
         hashed = self.users.get(user)
         known = hashed is not None
         if not known:
             hashed = _DUMMY_HASH
         key = self._cache_key(user, password, hashed)
-        now = self.clock()
-        expires = self._cache.get(key)
-        if known and expires is not None and expires > now:
-            return True
-        self._cache.pop(key, None)
-        self.bcrypt_runs += 1
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, self.check, password, hashed)
-        if ok and known:
-            self._cache[key] = self.clock() + self.ttl
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-            return True
-        return False
+        hit = self._cache.get(key)
+        if hit is not None:
+            if hit[0] > self.clock():
+                self._cache.move_to_end(key)
+                return hit[1]
+            del self._cache[key]
+        if self._in_checks >= self.max_checks + self.max_waiting:
+            raise AuthBusy()
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.max_checks, thread_name_prefix="bcrypt")
+        self._in_checks += 1
+        try:
+            self.bcrypt_runs += 1
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._pool, self.check, password, hashed) and known
+        finally:
+            self._in_checks -= 1
+        self._cache[key] = (self.clock() + self.ttl, ok)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return ok
 
     async def authorized(self, request) -> bool:
         header = request.headers.get("Authorization")
@@ -413,8 +451,15 @@ class BasicAuth:
                     text = "ready\n" if resp.status == 200 else "not ready\n"
                     return web.Response(status=resp.status, text=text)
                 return await handler(request)
-            if await self.authorized(request):
+            try:
+                ok = await self.authorized(request)
+            except AuthBusy:
+                self._rejected("auth_busy")
+                return web.Response(status=429, text="Too many credential checks in progress; retry\n",
+                                    headers={"Retry-After": "1"})
+            if ok:
                 return await handler(request)
+            self._rejected("auth_failed")
             return web.Response(status=401, text="Unauthorized\n",
                                 headers={"WWW-Authenticate": 'Basic realm="mlsidecar", charset="UTF-8"'})
 
@@ -424,7 +469,14 @@ class BasicAuth:
         # Probes send no credentials; only spend a bcrypt run when some were sent.
         if not request.headers.get("Authorization"):
             return False
-        return await self.authorized(request)
+        try:
+            return await self.authorized(request)
+        except AuthBusy:
+            return False
+
+    def _rejected(self, reason: str) -> None:
+        if self.on_reject is not None:
+            self.on_reject(reason)
 
 
 def _headers_middleware(headers: dict[str, str]):
@@ -452,5 +504,5 @@ def hash_password(password: str, rounds: int = 10) -> str:
     return bcrypt.hashpw(password.encode()[:BCRYPT_MAX_BYTES], bcrypt.gensalt(rounds)).decode()
 
 
-__all__ = ["WebConfig", "TLSSettings", "BasicAuth", "load", "hash_password",
-           "AUTH_CACHE_SECONDS", "OPEN_PATHS"]
+__all__ = ["WebConfig", "TLSSettings", "BasicAuth", "AuthBusy", "load", "hash_password",
+           "AUTH_CACHE_SECONDS", "AUTH_MAX_CHECKS", "AUTH_MAX_WAITING", "OPEN_PATHS"]

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import os
 import http.client
 import signal
 import ssl
@@ -14,7 +15,7 @@ import pytest
 
 from mlsidecar import webconfig
 from mlsidecar.config import ConfigError
-from tests.harness import free_port, require_tool, wait_for
+from tests.harness import free_port, parse, require_tool, total, wait_for
 
 # Cost 4 keeps the tests fast; the daemon does not care about the cost factor.
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
@@ -127,7 +128,7 @@ class FakeClock:
         return self.now
 
 
-def test_successful_checks_are_cached_briefly_and_failures_never():
+def test_checks_are_cached_briefly_good_or_bad():
     clock = FakeClock()
     calls = []
 
@@ -140,15 +141,60 @@ def test_successful_checks_are_cached_briefly_and_failures_never():
     assert run(auth.verify("prom", b"s3cret")) is True
     assert run(auth.verify("prom", b"s3cret")) is True
     assert len(calls) == 1  # the second scrape cost no bcrypt run
-    assert run(auth.verify("prom", b"wrong")) is False
-    assert run(auth.verify("prom", b"wrong")) is False
-    assert len(calls) == 3  # failures are checked every time
+    for _ in range(10):
+        assert run(auth.verify("prom", b"wrong")) is False
+    assert len(calls) == 2  # a repeated wrong password costs one run, not one per try
+    assert run(auth.verify("prom", b"wrong2")) is False
+    assert len(calls) == 3  # other credentials: checked
     assert run(auth.verify("mallory", b"s3cret")) is False
     assert len(calls) == 4  # unknown users still cost a bcrypt run (no user-name timing oracle)
+    assert run(auth.verify("mallory", b"s3cret")) is False
+    assert len(calls) == 4
     clock.now += 61
     assert run(auth.verify("prom", b"s3cret")) is True
-    assert len(calls) == 5  # expired: checked again
+    assert run(auth.verify("prom", b"wrong")) is False
+    assert len(calls) == 6  # expired: checked again
     assert all(b"s3cret" not in k for k in auth._cache)  # only digests are kept
+
+
+def test_concurrent_checks_are_bounded_and_the_excess_refused_at_once():
+    import threading
+    import time
+
+    lock = threading.Lock()
+    running = {"now": 0, "max": 0}
+    release = threading.Event()
+
+    def slow_check(password, hashed):
+        with lock:
+            running["now"] += 1
+            running["max"] = max(running["max"], running["now"])
+        release.wait(10)
+        with lock:
+            running["now"] -= 1
+        return False
+
+    auth = webconfig.BasicAuth({"prom": HASH.encode()}, check=slow_check, max_checks=2, max_waiting=3)
+
+    async def attack():
+        async def one(i):
+            try:
+                return await auth.verify("prom", f"guess-{i}".encode())
+            except webconfig.AuthBusy:
+                return "busy"
+        tasks = [asyncio.ensure_future(one(i)) for i in range(40)]
+        await asyncio.sleep(0.2)  # let every task reach its check or its refusal
+        busy_now = sum(1 for t in tasks if t.done() and t.result() == "busy")
+        release.set()
+        return busy_now, await asyncio.gather(*tasks)
+
+    deadline = time.monotonic() + 30
+    busy_now, results = asyncio.run(attack())
+    assert time.monotonic() < deadline
+    assert running["max"] <= 2  # never more than max_checks bcrypt runs at once
+    assert results.count("busy") == 35 and busy_now == 35  # refused without waiting for a check
+    assert results.count(False) == 5
+    assert auth.bcrypt_runs == 5
 
 
 def test_cache_is_bounded():
@@ -319,3 +365,46 @@ def test_bad_web_config_on_sighup_is_refused(tmp_path, sidecar_factory):
     assert "basic_auth_users.prometheus" in sc.log()
     assert fetch(sc.url + "/metrics", basic("prometheus", "s3cret"))[0] == 200
     assert sc.stop() == 0
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every process in a process group (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the command name
+            out += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def test_password_guessing_cannot_burn_the_cores(tmp_path, sidecar_factory):
+    import concurrent.futures
+    import time
+
+    real_cost = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(10)).decode()  # what htpasswd -B makes
+    sc = sidecar_factory("--web.config.file",
+                         write(tmp_path, f"basic_auth_users:\n  prometheus: {real_cost}\n")).start()
+    cpu0, t0 = _group_cpu_seconds(sc.proc.pid), time.monotonic()
+
+    def guesser(i):
+        codes = []
+        for j in range(10):  # bounded: 40 clients x 10 guesses
+            codes.append(fetch(sc.url + "/metrics", basic("prometheus", f"guess-{i}-{j}"))[0])
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        codes = [c for cs in pool.map(guesser, range(40)) for c in cs]
+    cores = (_group_cpu_seconds(sc.proc.pid) - cpu0) / (time.monotonic() - t0)
+    print(f"{codes.count(401)} x 401, {codes.count(429)} x 429, {cores:.2f} cores")
+    assert set(codes) <= {401, 429} and codes.count(429) > 0
+    assert cores < 1.5  # one bcrypt thread, plus the HTTP work
+    status, _, body = fetch(sc.url + "/metrics", basic("prometheus", "s3cret"))
+    assert status == 200
+    s = parse(body)
+    assert total(s, "mlsidecar_http_rejected_total", reason="auth_busy") == codes.count(429)
+    assert total(s, "mlsidecar_http_rejected_total", reason="auth_failed") == codes.count(401)
