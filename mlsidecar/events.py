@@ -27,15 +27,25 @@ OVERSIZED = "oversized_line"
 INVALID_UTF8 = "invalid_utf8"
 BAD_NAME = "invalid_metric_name"
 LABEL_MISMATCH = "label_mismatch"
+NAME_CLASH = "metric_name_clash"
+TOO_MANY_METRICS = "too_many_metrics"
 
 REASONS = (MALFORMED, NOT_OBJECT, MISSING_KIND, UNKNOWN_KIND, MISSING_FIELD, WRONG_TYPE,
-           INVALID_VALUE, BAD_TIMESTAMP, OVERSIZED, INVALID_UTF8, BAD_NAME, LABEL_MISMATCH)
+           INVALID_VALUE, BAD_TIMESTAMP, OVERSIZED, INVALID_UTF8, BAD_NAME, LABEL_MISMATCH,
+           NAME_CLASH, TOO_MANY_METRICS)
 
 # The built-in kinds, in the order docs/events.md lists them.
-KINDS = ("prediction", "label", "evaluation", "drift", "data_quality", "deployment", "training",
-         "batch", "checkpoint", "pipeline", "queue", "freshness", "schema_violation", "metric")
+KINDS = ("prediction", "label", "evaluation", "drift", "feature_importance", "data_quality",
+         "deployment", "training", "batch", "checkpoint", "pipeline", "queue", "freshness",
+         "schema_violation", "metric")
 
 MAX_LABEL_LENGTH = 128
+
+# The largest value that is added up: a counter increment, a histogram observation, a record
+# count. 2**53 is the last integer a double holds exactly; with every addend at most this, no
+# realistic number of events can overflow a sum to infinity, so sums and the ratios made from
+# them stay finite without any check on the hot path.
+MAX_AMOUNT = 2.0 ** 53
 
 # RFC 3339 date-time with a zone: the same pattern as events.schema.json.
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -90,6 +100,11 @@ def number(ev: dict, name: str, *, required: bool = True, minimum: float | None 
             raise Rejected(MISSING_FIELD, f"'{name}' is required")
         return None
     return check_number(v, name, minimum, maximum)
+
+
+def amount(ev: dict, name: str, required: bool = True) -> float | None:
+    """A value that is added up (a count, a duration, a counter increment): 0 to MAX_AMOUNT."""
+    return number(ev, name, required=required, minimum=0, maximum=MAX_AMOUNT)
 
 
 def check_number(v, name: str, minimum: float | None = None, maximum: float | None = None) -> float:

@@ -59,6 +59,17 @@ def escape_help(v: str) -> str:
     return v.replace("\\", r"\\").replace("\n", r"\n")
 
 
+def unit_of(name: str) -> str:
+    """The catalogue's unit of a family, for OpenMetrics' ``# UNIT`` line.
+
+    OpenMetrics wants the name to end in the unit, so a unit the name does not
+    end in (none of ours) is left out rather than served wrong.
+    """
+    fam = catalogue.REGISTRY.get(name) or catalogue.REGISTRY.get(name + "_total")
+    unit = fam.unit if fam is not None else ""
+    return unit if unit and name.endswith("_" + unit) else ""
+
+
 def render_labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
@@ -299,6 +310,9 @@ class MetricsReader:
         if openmetrics:
             base = name[:-6] if typ == "counter" and name.endswith("_total") else name
             out.append(f"# TYPE {base} {typ}")
+            unit = unit_of(base)
+            if unit:
+                out.append(f"# UNIT {base} {unit}")
             out.append(f"# HELP {base} {escape_help(help_text).replace(chr(34), chr(92) + chr(34))}")
         else:
             full = name + "_total" if typ == "counter" and not name.endswith("_total") else name

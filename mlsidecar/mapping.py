@@ -8,8 +8,10 @@ so a wrong field is rejected with the same reasons everywhere.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import traceback
 from bisect import bisect_left
 from collections import Counter
 from functools import partial
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from . import catalogue as C
 from . import events
 from .catalogue import Family
-from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MISSING_FIELD, MISSING_KIND,
-                     UNKNOWN_KIND, WRONG_TYPE, Rejected, check_number, label,
+from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MAX_AMOUNT, MISSING_FIELD,
+                     MISSING_KIND, UNKNOWN_KIND, WRONG_TYPE, Rejected, amount, check_number, label,
                      mapping_of_numbers, number, timestamp)
+from .logs import RateLimitedLog
 from .analytics.scores import classification_scores
 from .analytics.window import SlidingRatio
 from .store import Batch
@@ -30,6 +33,8 @@ PREDICTIONS, LATENCY, CONFIDENCE = C.PREDICTIONS, C.PREDICTION_LATENCY, C.PREDIC
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_EVAL_SAMPLES = 1_000_000
+INTERNAL = "internal_error"  # a bug of ours (as the workers count it)
+_bug_log = RateLimitedLog(logging.getLogger("mlsidecar.mapping"))
 
 
 class Mapper:
@@ -71,12 +76,12 @@ class Mapper:
     def handle(self, ev: dict) -> str:
         """Map one event; return its kind. Raises :class:`Rejected`."""
         kind = ev.get("event")
-        handler = self.handlers.get(kind)  # type: ignore[arg-type]
-        if handler is None:
+        if type(kind) is not str:
             if kind is None:
                 raise Rejected(MISSING_KIND, "'event' is required")
-            if type(kind) is not str:
-                raise Rejected(WRONG_TYPE, "'event' must be a string")
+            raise Rejected(WRONG_TYPE, "'event' must be a string")
+        handler = self.handlers.get(kind)
+        if handler is None:
             users = self.user_mappings.get(kind)
             if users:
                 return self._user(kind, ev, users)
@@ -92,15 +97,30 @@ class Mapper:
 
     def tick(self, now: float) -> None:
         """Called once per chunk, before the batch is applied: fold the per-chunk
-        prediction records into the batch, refresh the clock and the derived gauges."""
-        self._fold_predictions()
-        self.now = now
-        for key, ratio in self._error_rates.items():
-            r = ratio.ratio(now)
-            if r is not None:
-                self.batch.set(C.PIPELINE_ERROR_RATE, key, r)
-        if self.analytics is not None:
-            self.analytics.tick(self.batch, now)
+        prediction records into the batch, refresh the clock and the derived gauges.
+
+        Never raises: the lines of the chunk are already read, so an exception here
+        would make the worker re-read (and fail on) them for ever. A bug is logged,
+        the chunk's unfolded predictions are counted as ``internal_error`` and dropped.
+        """
+        try:
+            if self.analytics is not None and self._records:  # version comparisons read them first
+                self.analytics.records(self._records, now)
+            self._fold_predictions()
+            self.now = now
+            for key, ratio in self._error_rates.items():
+                r = ratio.ratio(now)
+                if r is not None:
+                    self.batch.set(C.PIPELINE_ERROR_RATE, key, r)
+            if self.analytics is not None:
+                self.analytics.tick(self.batch, now)
+        except Exception:  # noqa: BLE001 - see the docstring
+            lost = sum(len(lat) for lat, _ in self._records.values())
+            self._records.clear()
+            self.now = now
+            self.batch.inc(C.EVENTS_REJECTED, ("mapper", INTERNAL), max(lost, 1))
+            _bug_log.warning("tick", "internal error while folding a chunk (%d predictions "
+                             "dropped)\n%s", lost, traceback.format_exc())
 
     # --- model -----------------------------------------------------------------
     def prediction(self, ev: dict) -> None:
@@ -115,8 +135,8 @@ class Mapper:
         except TypeError:  # an unhashable label value: a list or an object
             rec = None
         latency = get("latency_s")
-        if type(latency) is not float or not 0.0 <= latency < 1e300:
-            latency = number(ev, "latency_s", minimum=0.0)
+        if type(latency) is not float or not 0.0 <= latency <= MAX_AMOUNT:
+            latency = amount(ev, "latency_s")
         conf = get("confidence")
         if conf is not None and (type(conf) is not float or not 0.0 <= conf <= 1.0):
             conf = check_number(conf, "confidence", 0.0, 1.0)
@@ -209,8 +229,8 @@ class Mapper:
 
     def batch_event(self, ev: dict) -> None:
         job = (label(ev, "job"),)
-        duration = number(ev, "duration_s", minimum=0.0)
-        size = number(ev, "batch_size", required=False, minimum=0)
+        duration = amount(ev, "duration_s")
+        size = amount(ev, "batch_size", required=False)
         self.batch.observe(C.TRAINING_BATCH, job, duration)
         self.batch.inc(C.TRAINING_ITERATIONS, job)
         if size is not None:
@@ -219,7 +239,7 @@ class Mapper:
     def checkpoint(self, ev: dict) -> None:
         job = (label(ev, "job"),)
         size = number(ev, "size_bytes", minimum=0)
-        duration = number(ev, "duration_s", required=False, minimum=0.0)
+        duration = amount(ev, "duration_s", required=False)
         self.batch.set(C.CHECKPOINT_SIZE, job, size)
         if duration is not None:
             self.batch.observe(C.CHECKPOINT_DURATION, job, duration)
@@ -228,9 +248,9 @@ class Mapper:
     def pipeline(self, ev: dict) -> None:
         pipe, stage = label(ev, "pipeline"), label(ev, "stage")
         status = label(ev, "status", "success")
-        records = number(ev, "records", required=False, minimum=0)
+        records = amount(ev, "records", required=False)
         records = 1 if records is None else records
-        duration = number(ev, "duration_s", required=False, minimum=0.0)
+        duration = amount(ev, "duration_s", required=False)
         key = (C.PIPELINE_RECORDS, (pipe, stage, status))
         if key not in self.batch.counters:
             self.batch.ensure(C.PIPELINE_RECORDS, (pipe, stage, "success"))
@@ -262,7 +282,7 @@ class Mapper:
 
     def schema_violation(self, ev: dict) -> None:
         key = (label(ev, "pipeline"), label(ev, "violation_type"))
-        count = number(ev, "count", required=False, minimum=0)
+        count = amount(ev, "count", required=False)
         self.batch.inc(C.SCHEMA_VIOLATIONS, key, 1 if count is None else count)
 
     # --- user metrics ----------------------------------------------------------------
@@ -274,7 +294,9 @@ class Mapper:
         typ = ev.get("type", "gauge")
         if typ not in (C.COUNTER, C.GAUGE, C.HISTOGRAM):
             raise Rejected(INVALID_VALUE, "'type' must be counter, gauge or histogram")
-        value = number(ev, "value", minimum=0.0 if typ == C.COUNTER else None)
+        # Counter increments and histogram observations are added up: non-negative and bounded
+        # (a negative observation would make a histogram's _sum negative, which OpenMetrics forbids).
+        value = number(ev, "value") if typ == C.GAUGE else amount(ev, "value")
         labels = ev.get("labels") or {}
         if type(labels) is not dict:
             raise Rejected(WRONG_TYPE, "'labels' must be an object")
@@ -337,7 +359,10 @@ def _observe_all(batch: Batch, family: Family, labels: tuple[str, ...], values: 
         h = hists[(family, labels)] = [0.0] * (len(family.buckets) + 2)
     for i, n in Counter(map(partial(bisect_left, family.buckets), values)).items():
         h[i] += n
-    h[-1] += fsum(values)
+    try:
+        h[-1] += fsum(values)
+    except OverflowError:  # not reachable with values <= MAX_AMOUNT; saturate rather than raise
+        h[-1] = 1.7976931348623157e308
 
 
 def _cap(v: str) -> str:

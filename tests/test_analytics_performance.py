@@ -143,10 +143,14 @@ def test_plain_prediction_returns_at_once_and_nothing_configured_gives_none():
     e = engine.build()
     e.on_prediction({"event": "prediction", "model": "m", "latency_s": 0.1}, "m", "v", 0.0)
     assert not e.models
-    from mlsidecar.analytics.settings import (AnomalySettings, DriftSettings, QualitySettings)
+    from mlsidecar.analytics.settings import (AnomalySettings, ComparisonSettings,
+                                              CorrelationSettings, DriftSettings, QualitySettings,
+                                              RocSettings)
     off = AnalyticsSettings(performance=PerformanceSettings(enabled=False),
                             drift=DriftSettings(enabled=False), quality=QualitySettings(enabled=False),
-                            anomaly=AnomalySettings(enabled=False))
+                            anomaly=AnomalySettings(enabled=False),
+                            comparison=ComparisonSettings(enabled=False), roc=RocSettings(enabled=False),
+                            correlation=CorrelationSettings(enabled=False))
     assert engine.build(off) is None
 
 

@@ -20,9 +20,13 @@ import logging
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, Family
-from ..events import MISSING_FIELD, WRONG_TYPE, Rejected
+from ..events import MISSING_FIELD, WRONG_TYPE, Rejected, check_number
 from . import reference as refmod
 from .anomaly import AnomalyTracker
+from .comparison import Comparisons
+from .correlation import FeatureCorrelation
+from .importance import ImportanceTracker
+from .roc import RocWindow, threshold_label
 from .drift import DRIFT_KS, DRIFT_PSI, DRIFT_WINDOW, KS_STAT, FeatureDrift
 from .performance import LabelJoin, LiveWindow, class_label, prediction_key
 from .quality import PROBLEMS, RATE, FeatureTracker, flush_counters, model_scores
@@ -32,18 +36,22 @@ log = logging.getLogger("mlsidecar.analytics")
 
 DROPPED = C.register(Family(
     "mlsidecar_analytics_dropped_total", COUNTER,
-    "Analytics inputs not tracked because a bound was reached (too_many_models, too_many_features).",
+    "Analytics inputs not tracked because a bound was reached (too_many_models, too_many_features, "
+    "too_many_versions), a compared version went quiet (version_vanished), or a class was folded "
+    "into __other__ (too_many_classes).",
     ("reason",), fed_by="prediction"))
 
 
 class ModelState:
-    __slots__ = ("labels", "perf", "features", "seq", "spec_features", "reference")
+    __slots__ = ("labels", "perf", "features", "seq", "spec_features", "reference", "roc", "corr")
 
     def __init__(self, labels: tuple[str, str]):
         self.labels = labels
         self.perf: LiveWindow | None = None
         self.features: dict[str, FeatureTracker] = {}
         self.seq = 0
+        self.roc: RocWindow | None = None
+        self.corr: FeatureCorrelation | None = None
 
 
 class Engine:
@@ -54,7 +62,8 @@ class Engine:
         self.quality_on = settings.quality.enabled
         self.models: dict[tuple[str, str], ModelState] = {}
         p = settings.performance
-        self.join = LabelJoin(p.label_ttl, p.max_pending) if self.perf_on else None
+        self.join = LabelJoin(p.label_ttl, p.max_pending) if self.perf_on or settings.roc.enabled \
+            else None
         a = settings.anomaly
         self.anomaly = (AnomalyTracker(a.signals, a.baseline_points, a.min_points, settings.max_models)
                         if a.enabled else None)
@@ -71,13 +80,31 @@ class Engine:
             self._declared[m.name] = {f.name: f for f in settings.features}
             self._declared[m.name].update({f.name: f for f in m.features})
         self._global = {f.name: f for f in settings.features}
+        c = settings.comparison
+        self.comparisons = Comparisons(c, settings.max_models, self._drop) if c.enabled else None
+        r = settings.roc
+        self.roc_on = r.enabled
+        self.positive = frozenset(r.positive_class)
+        self.thresholds = r.thresholds
+        self.threshold_labels = tuple(threshold_label(t) for t in r.thresholds)
+        self.corr_on = settings.correlation.enabled
+        self.importance = ImportanceTracker(settings.max_features, settings.max_models, self._drop)
+        self._class_overflow = 0
 
     # --- the Mapper's interface ------------------------------------------------------
     def handlers(self) -> dict:
-        return {"label": self.label} if self.perf_on else {}
+        out = {"feature_importance": self.importance.event}
+        if self.perf_on or self.roc_on:
+            out["label"] = self.label
+        return out
+
+    def records(self, records: dict, now: float) -> None:
+        """The Mapper's per-chunk prediction records, before it folds them (comparisons)."""
+        if self.comparisons is not None:
+            self.comparisons.records(records, now)
 
     def on_prediction(self, ev: dict, model: str, version: str, now: float) -> None:
-        if "features" not in ev and "y_pred" not in ev and "y_true" not in ev:
+        if "features" not in ev and "y_pred" not in ev and "y_true" not in ev and "score" not in ev:
             # Nothing to track (a prediction_id alone cannot be joined without y_pred),
             # but a malformed one is still rejected, as the schema says.
             pid = ev.get("prediction_id")
@@ -89,10 +116,14 @@ class Engine:
         y_pred = ev.get("y_pred")
         pid = ev.get("prediction_id")
         feats = ev.get("features")
+        score = ev.get("score")
+        if score is not None:
+            score = check_number(score, "score", 0.0, 1.0)
         if y_true is not None or y_pred is not None:
-            if y_pred is None:
-                raise Rejected(MISSING_FIELD, "'y_true' needs 'y_pred'")
-            y_pred = class_label(y_pred, "y_pred")
+            if y_pred is None and score is None:
+                raise Rejected(MISSING_FIELD, "'y_true' needs 'y_pred' or 'score'")
+            if y_pred is not None:
+                y_pred = class_label(y_pred, "y_pred")
             if y_true is not None:
                 y_true = class_label(y_true, "y_true")
         if pid is not None:
@@ -104,13 +135,33 @@ class Engine:
             ms = self._new_model(model, version)
             if ms is None:
                 return
-        if y_pred is not None and self.perf_on:
-            if y_true is not None:
+        roc = None
+        if score is not None and self.roc_on:
+            roc = ms.roc
+            if roc is None:
+                roc = ms.roc = RocWindow(self.s.roc.window_size)
+        if y_true is not None:
+            if y_pred is not None and self.perf_on:
                 ms.perf.add(now, y_true, y_pred)
-            elif pid is not None:
-                self.join.wait(pid, now, ms.perf, y_pred)
-        if feats is not None and self._features_track:
-            self._features(ms, feats)
+            if roc is not None:
+                roc.add(score, y_true in self.positive)
+        elif pid is not None and self.join is not None:
+            if y_pred is not None and self.perf_on:
+                self.join.wait(pid, now, ms.perf, y_pred, (self._roc_label, roc, score) if roc else None)
+            elif roc is not None:
+                self.join.wait(pid, now, None, None, (self._roc_label, roc, score))
+        if feats is not None:
+            if self._features_track:
+                self._features(ms, feats)
+            if self.corr_on:
+                corr = ms.corr
+                if corr is None:
+                    c = self.s.correlation
+                    corr = ms.corr = FeatureCorrelation(c.window_size, c.features, c.max_features)
+                corr.observe(feats)
+
+    def _roc_label(self, roc: RocWindow, score: float, y_true: str) -> None:
+        roc.add(score, y_true in self.positive)
 
     def label(self, ev: dict) -> None:
         """A ``label`` event: the true class of an earlier prediction."""
@@ -122,9 +173,14 @@ class Engine:
         self.now = now
         if self.anomaly is not None:
             self.anomaly.accumulate(batch)
+        self.importance.flush(batch)
         for ms in self.models.values():
             if ms.perf is not None:
                 ms.perf.flush_counters(batch, ms.labels)
+                over = ms.perf.overflow
+                if over:
+                    ms.perf.overflow = 0
+                    self.dropped["too_many_classes"] = self.dropped.get("too_many_classes", 0) + over
             for name, tr in ms.features.items():
                 if tr.ring.dirty:
                     flush_counters(batch, ms.labels + (name[:128],), tr.ring)
@@ -205,6 +261,12 @@ class Engine:
                     tr.seen = seq
                     tr.observe(None)
 
+    def _accuracy_counts(self, model: str, version: str) -> tuple[int, int] | None:
+        ms = self.models.get((model, version))
+        if ms is None or ms.perf is None:
+            return None
+        return ms.perf.correct_count(), len(ms.perf.items)
+
     def _accuracy(self, key) -> float | None:
         ms = self.models.get(key)
         if ms is None or ms.perf is None:
@@ -217,10 +279,16 @@ class Engine:
         primary_ks = d.statistic == KS_STAT
         if self.join is not None:
             self.join.expire(now)
+        roc = self.s.roc
+        corr_min = self.s.correlation.min_samples
         for ms in self.models.values():
             labels = ms.labels
             if ms.perf is not None:
                 ms.perf.set_gauges(batch, labels, now)
+            if ms.roc is not None:
+                ms.roc.set_gauges(batch, labels, self.thresholds, self.threshold_labels, roc.min_samples)
+            if ms.corr is not None:
+                ms.corr.set_gauges(batch, labels, corr_min)
             if not ms.features:
                 continue
             quality_dirty = False
@@ -255,6 +323,16 @@ class Engine:
                 if scores is not None:
                     for metric, v in scores.items():
                         batch.set(C.DATA_QUALITY, labels + (metric,), v)
+        if self.comparisons is not None:
+            self.comparisons.compute(batch, now, self._accuracy_counts)
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes held in the comparison, ROC and correlation windows (their stated bound)."""
+        return {
+            "comparison": self.comparisons.nbytes() if self.comparisons is not None else 0,
+            "roc": sum(ms.roc.nbytes() for ms in self.models.values() if ms.roc is not None),
+            "correlation": sum(ms.corr.nbytes() for ms in self.models.values() if ms.corr is not None),
+        }
 
 
 def load_references(settings: AnalyticsSettings) -> dict[str, dict]:

@@ -54,6 +54,11 @@ FALSE_NEG = C.register(Family(
 WINDOW_SAMPLES = C.register(Family(
     "ml_model_live_window_samples", GAUGE, "Labelled predictions in the live scoring window.",
     MODEL, fed_by="labelled prediction", expire_after=24 * HOUR))
+CONFUSION = C.register(Family(
+    "ml_model_confusion_matrix_total", COUNTER,
+    "Labelled predictions by true and predicted class: the confusion matrix (classes beyond "
+    "max_classes fold into __other__).",
+    MODEL + ("true_class", "predicted_class"), fed_by="labelled prediction"))
 LABEL_JOINS = C.register(Family(
     "mlsidecar_label_joins_total", COUNTER,
     "Label events and pending predictions, by outcome (matched, unmatched, expired, evicted).",
@@ -108,7 +113,7 @@ class LiveWindow:
     """The sliding window and cumulative counters of one model version."""
 
     __slots__ = ("size", "seconds", "max_classes", "items", "support", "predicted", "correct",
-                 "classes", "labelled", "n_correct", "deltas", "dirty")
+                 "classes", "labelled", "n_correct", "deltas", "dirty", "cells", "overflow")
 
     def __init__(self, size: int, seconds: float = 0.0, max_classes: int = 50):
         self.size = size
@@ -124,12 +129,15 @@ class LiveWindow:
         self.n_correct = 0
         self.deltas: dict = {}
         self.dirty = False
+        self.cells: dict[tuple[str, str], int] = {}  # confusion-matrix deltas
+        self.overflow = 0  # labels folded into __other__
 
     def _cls(self, c: str) -> str:
         classes = self.classes
         if c in classes:
             return c
         if len(classes) >= self.max_classes:
+            self.overflow += 1
             return OTHER_CLASS
         classes.add(c)
         return c
@@ -143,6 +151,8 @@ class LiveWindow:
         items.append((now, yt, yp))
         self.support[yt] = self.support.get(yt, 0) + 1
         self.predicted[yp] = self.predicted.get(yp, 0) + 1
+        cell = (yt, yp)
+        self.cells[cell] = self.cells.get(cell, 0) + 1
         d = self.deltas
         self.labelled += 1
         if yt == yp:
@@ -191,9 +201,12 @@ class LiveWindow:
             for other in (TRUE_POS, FALSE_POS, FALSE_NEG):
                 if other is not fam:
                     batch.ensure(other, labels + (cls,))
+        for (yt, yp), n in self.cells.items():
+            batch.inc(CONFUSION, labels + (yt, yp), n)
         self.labelled = 0
         self.n_correct = 0
         self.deltas = {}
+        self.cells = {}
 
     def set_gauges(self, batch, labels: tuple[str, str], now: float) -> None:
         self.trim(now)
@@ -209,6 +222,9 @@ class LiveWindow:
         batch.set(C.RECALL, key, rec)
         batch.set(F1, key, f1)
         batch.set(WINDOW_SAMPLES, labels, float(len(self.items)))
+
+    def correct_count(self) -> int:
+        return sum(self.correct.values())
 
     def accuracy(self) -> float | None:
         n = len(self.items)
@@ -234,14 +250,16 @@ class LabelJoin:
         self._flushed = dict(self.counts)
         self._last_pending = -1.0
 
-    def wait(self, pid, now: float, window: LiveWindow, y_pred: str) -> None:
+    def wait(self, pid, now: float, window: LiveWindow | None, y_pred: str | None,
+             extra=None) -> None:
+        """``extra``: (callback, arg1, arg2), called with the label as callback(arg1, arg2, y_true)."""
         pending = self.pending
         if pid in pending:
             del pending[pid]
         elif len(pending) >= self.max_pending:
             pending.popitem(last=False)
             self.counts["evicted"] += 1
-        pending[pid] = (now, window, y_pred)
+        pending[pid] = (now, window, y_pred, extra)
 
     def label(self, pid, y_true: str, now: float) -> bool:
         entry = self.pending.pop(pid, None)
@@ -249,7 +267,11 @@ class LabelJoin:
             self.counts["expired" if entry is not None else "unmatched"] += 1
             return False
         self.counts["matched"] += 1
-        entry[1].add(now, y_true, entry[2])
+        if entry[1] is not None:
+            entry[1].add(now, y_true, entry[2])
+        extra = entry[3]
+        if extra is not None:
+            extra[0](extra[1], extra[2], y_true)
         return True
 
     def expire(self, now: float) -> None:

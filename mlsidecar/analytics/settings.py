@@ -115,6 +115,40 @@ class AnomalySettings:
 
 
 @dataclass(frozen=True)
+class ComparisonSettings:
+    enabled: bool = True
+    auto: bool = True                  # compare every model with two live versions
+    window_size: int = 1000            # last N predictions per version (latency, errors)
+    window_seconds: float = 0.0        # and only those of the last T seconds (0: count only)
+    min_samples: int = 100             # per side, else NaN
+    confidence_level: float = 0.95
+    version_ttl: float = 300.0         # seconds without predictions before a version leaves
+    max_versions: int = 10             # per model
+    baselines: tuple[tuple[str, str], ...] = ()   # (model, baseline version)
+
+
+DEFAULT_THRESHOLDS = tuple(i / 10 for i in range(11))
+
+
+@dataclass(frozen=True)
+class RocSettings:
+    enabled: bool = True
+    window_size: int = 1000            # last N scored, labelled predictions per version
+    min_samples: int = 50
+    positive_class: tuple[str, ...] = ("1", "true")
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    enabled: bool = True
+    features: tuple[str, ...] = ()     # empty: the first max_features numeric features seen
+    max_features: int = 10
+    window_size: int = 1000
+    min_samples: int = 30
+
+
+@dataclass(frozen=True)
 class AnalyticsSettings:
     error_rate_window: float = 300.0
     compute_interval: float = 1.0
@@ -124,6 +158,9 @@ class AnalyticsSettings:
     drift: DriftSettings = field(default_factory=DriftSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
     anomaly: AnomalySettings = field(default_factory=AnomalySettings)
+    comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
+    roc: RocSettings = field(default_factory=RocSettings)
+    correlation: CorrelationSettings = field(default_factory=CorrelationSettings)
     features: tuple[FeatureSpec, ...] = ()
     models: tuple[ModelSpec, ...] = ()
 
@@ -131,7 +168,8 @@ class AnalyticsSettings:
     def anything(self) -> bool:
         """Whether there is anything for the analytics engine to compute."""
         return (self.performance.enabled or self.drift.enabled or self.quality.enabled
-                or self.anomaly.enabled)
+                or self.anomaly.enabled or self.comparison.enabled or self.roc.enabled
+                or self.correlation.enabled)
 
     def model(self, name: str) -> ModelSpec | None:
         for m in self.models:
@@ -180,6 +218,93 @@ def _features(section) -> tuple[FeatureSpec, ...]:
         out.append(FeatureSpec(name, typ, lo, hi, cats))
     section.finish()
     return tuple(out)
+
+
+def _comparison(c) -> ComparisonSettings:
+    level = c.get("confidence_level", float, 0.95)
+    if not 0.5 <= level < 1.0:
+        raise c.error("confidence_level", f"must be >= 0.5 and < 1, got {level}")
+    b = c.table("baselines")
+    baselines = []
+    for model in b.data:
+        version = b.get(model, str, "")
+        if not version:
+            raise b.error(model, "must name the baseline version")
+        baselines.append((model, version))
+    b.finish()
+    out = ComparisonSettings(
+        enabled=c.get("enabled", bool, True),
+        auto=c.get("auto", bool, True),
+        window_size=_bounded(c, "window_size", int, 1000, MAX_WINDOW),
+        window_seconds=_non_negative(c, "window_seconds", float, 0.0),
+        min_samples=_bounded(c, "min_samples", int, 100, MAX_WINDOW),
+        confidence_level=level,
+        version_ttl=c.positive("version_ttl", float, 300.0),
+        max_versions=_bounded(c, "max_versions", int, 10, 1000),
+        baselines=tuple(baselines),
+    )
+    if out.min_samples < 2:
+        raise c.error("min_samples", "must be >= 2")
+    if out.min_samples > out.window_size:
+        raise c.error("min_samples", f"must be <= window_size ({out.window_size})")
+    c.finish()
+    return out
+
+
+def _roc(r) -> RocSettings:
+    # One class or a list of them ("1" and "true" by default).
+    raw = r.data.get("positive_class")
+    positive = (raw,) if raw is not None and not isinstance(raw, list) else \
+        r.get("positive_class", tuple, RocSettings.positive_class)
+    r.used.add("positive_class")
+    labels = []
+    for i, c in enumerate(positive):
+        if type(c) not in (str, int, bool):
+            raise r.error("positive_class", f"[{i}] must be a string, an integer or a boolean")
+        labels.append(("true" if c else "false") if type(c) is bool else str(c))
+    if not labels:
+        raise r.error("positive_class", "must name at least one class")
+    thresholds = r.get("thresholds", tuple, DEFAULT_THRESHOLDS)
+    for i, t in enumerate(thresholds):
+        if type(t) not in (int, float) or not 0.0 <= t <= 1.0:
+            raise r.error(f"thresholds[{i}]", f"must be a number in [0, 1], got {t!r}")
+    if not thresholds or len(thresholds) > 101:
+        raise r.error("thresholds", "must hold 1 to 101 thresholds")
+    out = RocSettings(
+        enabled=r.get("enabled", bool, True),
+        window_size=_bounded(r, "window_size", int, 1000, MAX_DRIFT_WINDOW),
+        min_samples=_bounded(r, "min_samples", int, 50, MAX_DRIFT_WINDOW),
+        positive_class=tuple(labels),
+        thresholds=tuple(sorted({float(t) for t in thresholds})),
+    )
+    if out.min_samples > out.window_size:
+        raise r.error("min_samples", f"must be <= window_size ({out.window_size})")
+    r.finish()
+    return out
+
+
+def _correlation(c) -> CorrelationSettings:
+    features = c.get("features", tuple, ())
+    for i, f in enumerate(features):
+        if type(f) is not str or not f:
+            raise c.error(f"features[{i}]", "must be a feature name")
+    max_features = _bounded(c, "max_features", int, 10, 100)
+    if len(features) > max_features:
+        raise c.error("features", f"names {len(features)} features, more than max_features "
+                                  f"({max_features})")
+    out = CorrelationSettings(
+        enabled=c.get("enabled", bool, True),
+        features=tuple(dict.fromkeys(features)),
+        max_features=max_features,
+        window_size=_bounded(c, "window_size", int, 1000, MAX_DRIFT_WINDOW),
+        min_samples=_bounded(c, "min_samples", int, 30, MAX_DRIFT_WINDOW),
+    )
+    if out.min_samples < 2:
+        raise c.error("min_samples", "must be >= 2")
+    if out.min_samples > out.window_size:
+        raise c.error("min_samples", f"must be <= window_size ({out.window_size})")
+    c.finish()
+    return out
 
 
 def parse(section) -> AnalyticsSettings:
@@ -250,6 +375,10 @@ def parse(section) -> AnalyticsSettings:
         raise a.error("min_points", f"must be <= baseline_points ({anomaly.baseline_points})")
     a.finish()
 
+    comparison = _comparison(s.table("comparison"))
+    roc = _roc(s.table("roc"))
+    correlation = _correlation(s.table("correlation"))
+
     features = _features(s.table("features"))
 
     ms = s.table("models")
@@ -278,7 +407,8 @@ def parse(section) -> AnalyticsSettings:
     out = AnalyticsSettings(
         error_rate_window=error_rate_window, compute_interval=compute_interval,
         max_models=max_models, max_features=max_features, performance=perf, drift=drift,
-        quality=quality, anomaly=anomaly, features=features, models=tuple(models),
+        quality=quality, anomaly=anomaly, comparison=comparison, roc=roc, correlation=correlation,
+        features=features, models=tuple(models),
     )
     section.finish()
     return out
@@ -287,3 +417,4 @@ def parse(section) -> AnalyticsSettings:
 # Importing the settings (which config parsing does in every process) registers the
 # analytics metric families, so the server knows their help text and expiry.
 from . import anomaly as _anomaly, drift as _drift, performance as _performance, quality as _quality  # noqa: E402,F401,I001
+from . import comparison as _comparison_families, correlation as _correlation_families, importance as _importance, roc as _roc_families  # noqa: E402,F401,I001
