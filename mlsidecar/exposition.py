@@ -10,23 +10,29 @@ entry's update time), removed series (negative timestamp), and values derived
 at scrape time (data freshness keeps rising when the data stops).
 
 Files that are empty, truncated or corrupt (a worker killed mid-write, a
-foreign writer's crash) are skipped and counted, never a failed scrape.
+foreign writer's crash) are skipped and counted, never a failed scrape; so is
+every key that is not well formed, names a metric or label Prometheus would
+refuse, or clashes with another family (a workload's multiprocess dir is
+foreign input: it cannot break the exposition or write into a built-in family).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import operator
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from . import catalogue
 from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS
-from .store import CorruptFile, iter_entries
+from .store import CorruptFile
+from .store import metric_name as metric_key_name
 
 _INT = struct.Struct("i")
 INF = math.inf
@@ -36,6 +42,46 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 
 # Families computed from another family's value at scrape time.
 DERIVED = {PIPELINE_DATA_TS.name: (PIPELINE_FRESHNESS, lambda value, now: max(0.0, now - value))}
+_DERIVED_NAMES = {d.name for d, _ in DERIVED.values()}
+
+# Why a key of a multiprocess file is left out (mlsidecar_multiproc_keys_skipped_total{reason}).
+SKIP_BAD_KEY = "bad_key"  # not a [name, sample, {labels}, help] list of strings
+SKIP_INVALID_NAME = "invalid_name"  # a metric, sample or label name Prometheus would refuse
+SKIP_CLASH = "clashing_family"  # its sample names belong to another family (or another type)
+SKIP_REASONS = (SKIP_BAD_KEY, SKIP_INVALID_NAME, SKIP_CLASH)
+SERVER_OWNED = "(rendered by the server)"
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+def _sample_names(base: str, typ: str) -> tuple[str, ...]:
+    """Every sample name a family writes in either exposition format."""
+    if typ == "counter":
+        return base, base + "_total", base + "_created"
+    if typ == "histogram":
+        return base, base + "_bucket", base + "_sum", base + "_count", base + "_created"
+    if typ == "summary":
+        return base, base + "_sum", base + "_count", base + "_created"
+    return (base,)
+
+
+def _raw_entries(buf, start: int, used: int):
+    """(key bytes, offset of the value) for the entries in ``buf[start:used]``.
+
+    The keys stay bytes: one that is not UTF-8 or not JSON is the reader's to
+    skip, and the entries after it are still served.
+    """
+    pos = start
+    while pos < used:
+        if pos + 4 > used:
+            raise CorruptFile(f"entry header at {pos} runs past {used}")
+        (length,) = _INT.unpack_from(buf, pos)
+        padded = length + (8 - (length + 4) % 8)
+        end = pos + 4 + padded + 16
+        if length <= 0 or end > used:
+            raise CorruptFile(f"entry at {pos} of length {length} runs past {used}")
+        yield bytes(buf[pos + 4:pos + 4 + length]), pos + 4 + padded
+        pos = end
 
 
 def format_value(v: float) -> str:
@@ -144,11 +190,13 @@ class _FileView:
             return False
         if used > self.parsed:
             try:
-                for key, off in iter_entries(self.mm, self.parsed, used):
-                    self.slots.append(self.reader._slot(self, key))
-                    self.indexes.append(off >> 3)
+                for key, off in _raw_entries(self.mm, self.parsed, used):
+                    slot = self.reader._slot(self, key)
+                    if slot is not None:
+                        self.slots.append(slot)
+                        self.indexes.append(off >> 3)
                     self.parsed = off + 16
-            except (CorruptFile, UnicodeDecodeError, ValueError):
+            except CorruptFile:
                 # Serve what parsed; the rest is skipped until the file is replaced.
                 self.reader.skipped_files += 1
             self.getter = self.ts_getter = None
@@ -182,23 +230,55 @@ class MetricsReader:
         self._slot_ids: dict[tuple, int] = {}
         self._slot_family: list[_Family] = []
         self.skipped_files = 0
+        self.skipped_keys: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         self.series = 0
+        # Sample name -> (family, type) that writes it: the catalogue's first, so a foreign
+        # file can neither change a built-in family's type nor write into the server's own.
+        self._claimed: dict[str, tuple[str, str]] = {}
+        for fam in catalogue.REGISTRY.values():
+            base = metric_key_name(fam)
+            owner = (SERVER_OWNED, "") if fam.fed_by == "server" or fam.name in _DERIVED_NAMES \
+                else (base, fam.type)
+            for n in _sample_names(base, fam.type):
+                self._claimed.setdefault(n, owner)
 
     # --- keys -> slots ------------------------------------------------------
-    def _slot(self, view: _FileView, key: str) -> int:
-        metric_name, sample_name, labels, help_text = json.loads(key)
+    def _skip(self, reason: str) -> None:
+        self.skipped_keys[reason] = self.skipped_keys.get(reason, 0) + 1
+        return None
+
+    def _slot(self, view: _FileView, raw: bytes) -> int | None:
+        """The slot of one key, or None when the key cannot be served (skipped and counted)."""
+        try:
+            key = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._skip(SKIP_BAD_KEY)
+        if not (type(key) is list and len(key) == 4):
+            return self._skip(SKIP_BAD_KEY)
+        metric_name, sample_name, labels, help_text = key
+        if not (type(metric_name) is str and type(sample_name) is str and type(labels) is dict
+                and type(help_text) is str):
+            return self._skip(SKIP_BAD_KEY)
+        if any(type(v) not in (str, int, float) for v in labels.values()):
+            return self._skip(SKIP_BAD_KEY)
         if view.mode in ("all", "liveall"):
             labels = {**labels, "pid": view.identity}
         le = labels.pop("le", None) if view.type == "histogram" else None
-        label_items = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+        if not self._valid(view.type, metric_name, sample_name, labels, le):
+            return self._skip(SKIP_INVALID_NAME)
+        label_items = tuple(sorted((k, str(v)) for k, v in labels.items()))
         ident = (metric_name, sample_name, label_items, le)
         slot = self._slot_ids.get(ident)
         if slot is not None:
             return slot
         fam = self.families.get(metric_name)
         if fam is None:
+            if not self._claim(metric_name, view.type):
+                return self._skip(SKIP_CLASH)
             ttl = self.expiry.get(metric_name, self.expiry.get(metric_name + "_total", INF))
             fam = self.families[metric_name] = _Family(metric_name, view.type, help_text, ttl)
+        elif fam.type != view.type:
+            return self._skip(SKIP_CLASH)
         slot = len(self._slot_family)
         self._slot_ids[ident] = slot
         self._slot_family.append(fam)
@@ -211,6 +291,39 @@ class MetricsReader:
         else:
             fam.simple[slot] = sample_name + render_labels(label_items)
         return slot
+
+    @staticmethod
+    def _valid(typ: str, name: str, sample: str, labels: dict, le) -> bool:
+        """Prometheus' rules for metric and label names, and the samples each type may have."""
+        if not _METRIC_NAME.match(name):
+            return False
+        for k in labels:
+            if not _LABEL_NAME.match(k) or k.startswith("__") or k == "le" or (k == "quantile"
+                                                                                and typ != "summary"):
+                return False
+        if typ == "histogram":
+            if le is not None:
+                try:
+                    float(le)
+                except (TypeError, ValueError):
+                    return False
+                return sample == name + "_bucket"
+            return sample == name + "_sum"
+        if typ == "counter":
+            return sample == name + "_total" or (sample == name and name.endswith("_total"))
+        if typ == "summary":
+            return sample in (name + "_sum", name + "_count")
+        return sample == name
+
+    def _claim(self, name: str, typ: str) -> bool:
+        """Reserve every sample name a new family writes; False when another family has one."""
+        owner = (name[:-6] if typ == "counter" and name.endswith("_total") else name, typ)
+        names = _sample_names(owner[0], typ)
+        if any(self._claimed.get(n, owner) != owner for n in names):
+            return False
+        for n in names:
+            self._claimed[n] = owner
+        return True
 
     def _scan(self) -> list[_FileView]:
         seen = set()
@@ -296,6 +409,9 @@ class MetricsReader:
         skipped = catalogue.SCRAPE_FILES_SKIPPED
         self._header(out, skipped.name, skipped.type, skipped.help, openmetrics)
         out.append(f"{skipped.name} {format_value(float(self.skipped_files))}")
+        keys = catalogue.SCRAPE_KEYS_SKIPPED
+        self._header(out, keys.name, keys.type, keys.help, openmetrics)
+        out.extend(f'{keys.name}{{reason="{r}"}} {format_value(float(n))}' for r, n in self.skipped_keys.items())
         for fam, samples in extra:
             self._header(out, fam.name, fam.type, fam.help, openmetrics)
             out.extend(f"{fam.name}{render_labels(labels)} {format_value(float(v))}" for labels, v in samples)

@@ -113,3 +113,67 @@ buckets = [0.001, 0.01, 0.1]
     assert total(s, "app_cache_latency_seconds_bucket", le="0.01") == 1
     assert total(s, "mlsidecar_events_rejected_total", reason="unknown_event") == 1  # memcached: no match
     assert total(s, "mlsidecar_events_rejected_total", reason="missing_field") == 1  # no result
+
+
+def write_raw_db(path, entries) -> None:
+    """A multiprocess file in prometheus_client's layout, with keys as given (bytes, maybe not JSON)."""
+    body = b""
+    for key, value in entries:
+        pad = 8 - (len(key) + 4) % 8
+        body += struct.pack("i", len(key)) + key + b" " * pad + struct.pack("dd", value, 1.0)
+    path.write_bytes(struct.pack("i", 8 + len(body)) + b"\0" * 4 + body)
+
+
+def key(name, sample, labels, help_text="h") -> bytes:
+    import json
+    return json.dumps([name, sample, labels, help_text], sort_keys=True).encode()
+
+
+def test_bad_keys_in_a_workload_dir_are_skipped_and_counted(tmp_path, sidecar_factory):
+    promtool = require_tool("promtool")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    write_raw_db(mp / "gauge_max_1.db", [
+        (key("app_ok_before", "app_ok_before", {"a": "1"}), 1.0),
+        (b'["app_list", "app_list", ["not", "a", "mapping"], "h"]', 2.0),  # a label field that is a list
+        (b'["app_short", "app_short"]', 2.0),
+        (b'{"app_dict": 1}', 2.0),
+        (b"not json at all", 2.0),
+        (b'["app_utf", "app_utf", {"a": "\xff\xfe"}, "h"]', 2.0),  # not UTF-8
+        (key("app_num", "app_num", {"a": [1]}), 2.0),  # a label value that is not a string
+        (key("app-dash", "app-dash", {}), 3.0),  # invalid metric name
+        (key("app_lbl", "app_lbl", {"caf\u00e9": "x"}), 3.0),  # invalid label name
+        (key("app_res", "app_res", {"__name__": "x"}), 3.0),  # reserved label name
+        (key("app_le", "app_le", {"le": "1"}), 3.0),  # le outside a histogram
+        (key("app_samp", "other_sample", {}), 3.0),  # a sample outside its family
+        (key("ml_predictions", "ml_predictions", {}), 4.0),  # a built-in counter's name, as a gauge
+        (key("ml_predictions_total", "ml_predictions_total", {}), 4.0),
+        (key("mlsidecar_scrapes_total", "mlsidecar_scrapes_total", {}), 4.0),  # the server's own
+        (key("app_ok_after", "app_ok_after", {"a": "2"}), 5.0),
+    ])
+    write_raw_db(mp / "counter_2.db", [
+        (key("app_req", "app_req_total", {}), 7.0),
+        (key("app_both", "app_both_total", {}), 1.0),
+    ])
+    write_raw_db(mp / "gauge_max_3.db", [
+        (key("app_req_total", "app_req_total", {}), 8.0),  # clashes with counter app_req
+        (key("app_both", "app_both", {}), 1.0),  # the same family as another type
+    ])
+    sc = sidecar_factory("--multiproc-dir", str(mp)).start()
+    status, _, body = sc.get("/metrics")
+    assert status == 200
+    text = body.decode()
+    s = parse(text)
+    assert total(s, "app_ok_before", a="1") == 1 and total(s, "app_ok_after", a="2") == 5
+    assert total(s, "app_req_total") == 7
+    assert total(s, "ml_predictions_total") == 0
+    assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="bad_key") == 6
+    assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="invalid_name") == 5
+    assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="clashing_family") == 5
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    om = sc.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})[2].decode()
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    names = [f.name for f in text_string_to_metric_families(om)]  # raises on a clashing name
+    assert len(names) == len(set(names)) and "app_ok_after" in names
+    assert "Traceback" not in sc.log()
