@@ -22,6 +22,20 @@ test fails when it is out of date.
 Every series also carries the static labels of the config (`[labels]`, `[labels_from_env]`).
 "Expires" is how long a series may go without an update before it disappears from `/metrics`
 (override per family in the `[expire]` table; `never` for counters so `rate()` stays right).
+
+Names follow the Prometheus conventions (`promtool check metrics` finds nothing to report): base
+units (`_seconds`, `_bytes`), `_total` on counters, and shares as `_ratio` from 0 to 1. A name the
+specification fixes keeps its form even where the conventions would say otherwise:
+`ml_training_gpu_utilization_percent` is in percent (0-100), while the GPU collector's own
+`ml_gpu_utilization_ratio` is the same reading from 0 to 1.
+
+Renamed (dashboards and rules here use the new names; update your own queries):
+
+| old name | new name | why |
+|---|---|---|
+| `ml_process_count` | `ml_process_processes` | `_count` is reserved for histograms and summaries |
+| `ml_gpu_utilization_percent` | `ml_gpu_utilization_ratio` | a share, 0-1 |
+| `ml_gpu_memory_utilization_percent` | `ml_gpu_memory_utilization_ratio` | a share, 0-1 |
 """
 
 SECTIONS = (

@@ -63,8 +63,8 @@ def test_readings_in_base_units(writer):
     c.collect(writer)
     v = writer.values
     assert v[(G.INFO, L0 + ("550.54.15", "12.4"))] == 1.0
-    assert v[(G.UTIL, L0)] == 50.0 and v[(G.UTIL, L1)] == 90.0
-    assert v[(G.MEM_UTIL, L0)] == 20.0
+    assert v[(G.UTIL, L0)] == 0.5 and v[(G.UTIL, L1)] == 0.9
+    assert v[(G.MEM_UTIL, L0)] == 0.2
     assert v[(G.MEM_TOTAL, L0 + ("", ""))] == 80 * 2**30
     assert v[(G.MEM_USED, L0 + ("", ""))] == 10 * 2**30
     assert v[(G.MEM_FREE, L0 + ("", ""))] == 70 * 2**30
@@ -178,7 +178,7 @@ def test_worker_reports_up_0_without_nvml_and_up_1_with(tmp_path, keep_signals):
     run_collector_worker("gpu", cfg, ["gpu"], handles={"nvml": FakeNVML(two_gpus())}, max_runs=1)
     v = _read_back(cfg.state_dir, "gpu")
     assert v[(C.COLLECTOR_UP, ("gpu",))] == 1.0
-    assert v[(G.UTIL, L1)] == 90.0
+    assert v[(G.UTIL, L1)] == 0.9
 
 
 def test_lost_gpu_drops_its_series_marks_the_run_failed_and_comes_back(writer):

@@ -283,7 +283,7 @@ interval = 0.5
         return s if total(s, "ml_process_resident_memory_bytes") > 150 * MB else None
 
     s = wait_for(scraped, what=f"ml_process_resident_memory_bytes > 150 MB (log: {sc.log_path})")
-    assert total(s, "ml_process_count") == 1
+    assert total(s, "ml_process_processes") == 1
     assert total(s, "ml_training_memory_usage_bytes", job_name="e2e-job", memory_type="rss") > 150 * MB
     assert total(s, "mlsidecar_collector_up", collector="process") == 1
     assert total(s, "ml_process_cpu_seconds_total", mode="user") > 0
@@ -301,5 +301,5 @@ interval = 0.5
         pynvml.nvmlShutdown()
     app.kill()
     app.wait()
-    sc.wait_value("ml_process_count", 0)
+    sc.wait_value("ml_process_processes", 0)
     assert sc.stop() == 0

@@ -45,7 +45,7 @@ def test_process_collector_with_a_config(tmp_path):
     rc, text = run(["process"], cfg=cfg)
     assert "process: ok (enabled;" in text, text
     assert "  watching: cmdline /pytest/" in text
-    assert "  ml_process_count " in text
+    assert "  ml_process_processes " in text
 
 
 def test_unknown_collector():

@@ -407,11 +407,11 @@ def gpu_host_dashboard():
                    query_var("gpu", "GPU", 'label_values(ml_gpu_info{instance=~"$instance"}, gpu)')])
     d.row("GPUs")
     d.add(table("GPUs", [(f"ml_gpu_info{{{G}}}", "")], hide=("Time", "Value", "__name__")), 24, 5)
-    d.add(timeseries("GPU utilisation", [(f"ml_gpu_utilization_percent{{{G}}}", "{{instance}} GPU {{gpu}}")],
-                     "percent", min_=0, max_=100), 8)
+    d.add(timeseries("GPU utilisation", [(f"ml_gpu_utilization_ratio{{{G}}}", "{{instance}} GPU {{gpu}}")],
+                     "percentunit", min_=0, max_=1), 8)
     d.add(timeseries("Memory-controller utilisation",
-                     [(f"ml_gpu_memory_utilization_percent{{{G}}}", "{{instance}} GPU {{gpu}}")],
-                     "percent", min_=0, max_=100), 8)
+                     [(f"ml_gpu_memory_utilization_ratio{{{G}}}", "{{instance}} GPU {{gpu}}")],
+                     "percentunit", min_=0, max_=1), 8)
     d.add(timeseries("SM / tensor activity",
                      [(f"ml_gpu_sm_activity_ratio{{{G}}}", "SM active {{instance}} GPU {{gpu}}"),
                       (f"ml_gpu_sm_occupancy_ratio{{{G}}}", "SM occupancy {{instance}} GPU {{gpu}}"),
@@ -457,7 +457,7 @@ def gpu_host_dashboard():
     d.add(timeseries("Open file descriptors",
                      [(f"ml_process_open_fds{{{I}}}", "open {{instance}}"),
                       (f"ml_process_max_fds{{{I}}}", "max {{instance}}")], "short"), 6)
-    d.add(timeseries("Processes watched", [(f"ml_process_count{{{I}}}", "{{instance}}")], "short"), 6)
+    d.add(timeseries("Processes watched", [(f"ml_process_processes{{{I}}}", "{{instance}}")], "short"), 6)
     d.row("Host")
     d.add(timeseries("Host CPU", [(f"ml_host_cpu_utilization_ratio{{{I}}}", "{{instance}}")],
                      "percentunit", min_=0, max_=1), 8)

@@ -57,11 +57,11 @@ def _f(name, type_, help_, labels=GPU, unit="") -> Family:
 
 INFO = _f("ml_gpu_info", GAUGE, "Always 1; labels name the GPU, its driver and CUDA version.",
           GPU + ("driver_version", "cuda_version"))
-UTIL = _f("ml_gpu_utilization_percent", GAUGE,
-          "Percent of the last sample period in which a kernel was running on the GPU.", unit="percent")
-MEM_UTIL = _f("ml_gpu_memory_utilization_percent", GAUGE,
-              "Percent of the last sample period in which device memory was read or written.",
-              unit="percent")
+UTIL = _f("ml_gpu_utilization_ratio", GAUGE,
+          "Share of the last sample period in which a kernel was running on the GPU (0-1).", unit="ratio")
+MEM_UTIL = _f("ml_gpu_memory_utilization_ratio", GAUGE,
+              "Share of the last sample period in which device memory was read or written (0-1).",
+              unit="ratio")
 MEM_USED = _f("ml_gpu_memory_used_bytes", GAUGE, "Framebuffer memory used.", MIG, "bytes")
 MEM_FREE = _f("ml_gpu_memory_free_bytes", GAUGE, "Framebuffer memory free.", MIG, "bytes")
 MEM_TOTAL = _f("ml_gpu_memory_total_bytes", GAUGE, "Framebuffer memory in total.", MIG, "bytes")
@@ -386,8 +386,8 @@ class GpuCollector(Collector):
         out[(INFO, L + (self.driver_version, self.cuda_version))] = 1.0
         util = call(u, "utilization", nv.nvmlDeviceGetUtilizationRates, h)
         if util is not None:
-            out[(UTIL, L)] = float(util.gpu)
-            out[(MEM_UTIL, L)] = float(util.memory)
+            out[(UTIL, L)] = util.gpu / 100.0  # NVML says percent; Prometheus wants ratios
+            out[(MEM_UTIL, L)] = util.memory / 100.0
         self._memory(u, h, L + ("", ""), out)
         v = call(u, "temperature", nv.nvmlDeviceGetTemperature, h, nv.NVML_TEMPERATURE_GPU)
         if v is not None:
@@ -583,7 +583,8 @@ class GpuCollector(Collector):
         for g in gpus:
             v = out.get((UTIL, g.labels))
             if v is not None:
-                out[(C.TRAINING_GPU_UTIL, (job, str(g.index)))] = v
+                # ml_training_gpu_utilization_percent: a name (and scale) the specification fixes.
+                out[(C.TRAINING_GPU_UTIL, (job, str(g.index)))] = round(v * 100.0, 6)
 
     # --- the collector interface ------------------------------------------
     def collect(self, writer) -> None:

@@ -78,7 +78,8 @@ IO_WRITE = _f("ml_process_io_write_bytes_total", COUNTER,
               unit="bytes")
 CTX_SWITCHES = _f("ml_process_context_switches_total", COUNTER,
                   "Context switches of the workload's processes, by kind (running total).", ("kind",))
-COUNT = _f("ml_process_count", GAUGE, "Processes that make up the workload.")
+# Not ml_process_count: a _count suffix belongs to histograms and summaries.
+COUNT = _f("ml_process_processes", GAUGE, "Processes that make up the workload.")
 
 
 # --- helpers shared by the collectors ---------------------------------------
