@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .events import MISSING_FIELD, Rejected, check_number, label
+from .events import MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -67,7 +67,10 @@ class MetricSpec:
         v = _lookup(ev, self.value_path)
         if v is None:
             _missing(".".join(self.value_path))
-        return check_number(v, ".".join(self.value_path), 0.0 if self.type == "counter" else None)
+        if self.type == "gauge":
+            return check_number(v, ".".join(self.value_path))
+        # Added up: non-negative and bounded, as a metric event's counters and histograms.
+        return check_number(v, ".".join(self.value_path), 0.0, MAX_AMOUNT)
 
 
 def _missing(field: str):

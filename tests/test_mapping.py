@@ -61,6 +61,14 @@ def test_bucket_bounds_are_inclusive(m):
     ({"event": "metric", "name": "x", "value": 1, "labels": {"le": "1"}}, "invalid_metric_name"),
     ({"event": "nope"}, "unknown_event"),
     ({"event": 5}, "wrong_type"),
+    ({"event": {}}, "wrong_type"),
+    ({"event": []}, "wrong_type"),
+    ({"event": "metric", "name": "h", "type": "histogram", "value": -1}, "invalid_value"),
+    ({"event": "metric", "name": "c", "type": "counter", "value": 1e300}, "invalid_value"),
+    ({"event": "prediction", "model": "m", "latency_s": 1e308}, "invalid_value"),
+    ({"event": "pipeline", "pipeline": "p", "stage": "s", "records": 1e308}, "invalid_value"),
+    ({"event": "batch", "job": "j", "duration_s": 1e300}, "invalid_value"),
+    ({"event": "schema_violation", "pipeline": "p", "violation_type": "x", "count": 2.0 ** 60}, "invalid_value"),
     ({}, "missing_event"),
     ({"event": "prediction", "model": "m", "latency_s": 0.1, "ts": "2026-01-01T00:00:00"}, "bad_timestamp"),
 ])
@@ -143,3 +151,26 @@ def test_long_label_values_are_capped(m):
     m.handle({"event": "deployment", "model": "x" * 1000})
     (fam, labels), = m.batch.counters
     assert len(labels[0]) == 128
+
+
+def test_a_bug_while_folding_a_chunk_is_counted_and_never_raises(m, monkeypatch):
+    m.handle({"event": "prediction", "model": "r", "latency_s": 0.1})
+
+    def broken(*a):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("mlsidecar.mapping._observe_all", broken)
+    m.tick(1000.0)  # must not raise: the worker would re-read the chunk for ever
+    assert m.batch.counters[(C.EVENTS_REJECTED, ("mapper", "internal_error"))] == 1
+    monkeypatch.undo()
+    m.batch.clear()
+    m.handle({"event": "prediction", "model": "r", "latency_s": 0.1})
+    m.tick(1001.0)
+    assert m.batch.counters[(C.PREDICTIONS, ("r", "unknown", "success"))] == 1
+
+
+def test_error_rate_stays_finite_at_the_largest_record_counts(m):
+    for status in ("error", "success", "error"):
+        m.handle({"event": "pipeline", "pipeline": "p", "stage": "s", "records": 2 ** 53, "status": status})
+    m.tick(1000.0)
+    assert m.batch.gauges[(C.PIPELINE_ERROR_RATE, ("p", "s"))] == pytest.approx(2 / 3)
