@@ -45,13 +45,13 @@ SECTIONS = (
     ("GPU", "ml_gpu_"),
     ("Workload processes", "ml_process_"),
     ("Host", "ml_host_"),
-    ("The sidecar itself", "mlsidecar_"),
+    ("The sidecar itself", "mlsidecar_", "process_", "python_"),
 )
 
 
 def load_everything() -> None:
     """Import every module that registers families."""
-    from . import collectors, analytics
+    from . import analytics, collectors, selfmetrics  # noqa: F401  (they register families)
 
     collectors.load_all()
     for info in pkgutil.iter_modules(analytics.__path__):

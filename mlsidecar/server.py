@@ -25,6 +25,7 @@ from . import negotiate
 from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
 from .runtime.state import StateDir
+from .selfmetrics import SelfMetrics
 
 log = logging.getLogger("mlsidecar.server")
 
@@ -53,6 +54,7 @@ class Server:
         self.clock = clock
         self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock,
                                     expiry=C.expiry(dict(cfg.expire)))
+        self.self_metrics = SelfMetrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")
         self.started = clock()
         self.scrapes = 0
@@ -78,7 +80,7 @@ class Server:
             (C.SCRAPES, [((), self.scrapes)]),
             (C.SCRAPE_RENDERS, [((), self.renders)]),
             (C.HTTP_REJECTED, [((("reason", r),), n) for r, n in sorted(self.rejected.items())]),
-        ]
+        ] + self.self_metrics.families(self.state.read_statuses())
 
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
