@@ -150,19 +150,25 @@ class Server:
         for identity in sorted(statuses):
             st = statuses[identity]
             for src in st.get("sources", []):
+                # Collectors read no lines: their row says whether they are up instead.
+                state = "up" if src.get("open", True) and not src.get("error") else \
+                    f"down: {src.get('error') or 'not open'}"
                 rows.append(
                     f"<tr><td>{html.escape(identity)}</td><td>{html.escape(str(src.get('name')))}</td>"
-                    f"<td>{src.get('lines', '')}</td><td>{src.get('bytes_behind', '')}</td></tr>")
-            rows.append(
-                f"<tr><td>{html.escape(identity)}</td><td><i>{html.escape(st.get('role', ''))} total</i></td>"
-                f"<td>{st.get('accepted', '')} accepted, {st.get('rejected', '')} rejected</td><td></td></tr>")
+                    f"<td>{src.get('lines', '-')}</td><td>{src.get('bytes_behind', '-')}</td>"
+                    f"<td>{html.escape(state)}</td></tr>")
+            if "accepted" in st:
+                rows.append(
+                    f"<tr><td>{html.escape(identity)}</td><td><i>{html.escape(st.get('role', ''))} total</i></td>"
+                    f"<td>{st['accepted']} accepted, {st.get('rejected', 0)} rejected</td><td></td>"
+                    f"<td>{html.escape(st.get('error') or 'up')}</td></tr>")
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mlsidecar</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head>
 <body><h1>mlsidecar {html.escape(__version__)}</h1>
 <p>{'Ready' if ready else 'Not ready: ' + html.escape('; '.join(problems))}.
 Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.series} series.</p>
 <p><a href="{html.escape(self.cfg.server.telemetry_path)}">{html.escape(self.cfg.server.telemetry_path)}</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
-<table><tr><th>worker</th><th>source</th><th>lines read</th><th>bytes behind</th></tr>
+<table><tr><th>worker</th><th>source</th><th>lines read</th><th>bytes behind</th><th>state</th></tr>
 {''.join(rows)}</table></body></html>"""
         return web.Response(text=page, content_type="text/html")
 
