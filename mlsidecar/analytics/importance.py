@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
-from ..events import INVALID_VALUE, Rejected, label, mapping_of_numbers
+from ..events import INVALID_VALUE, WRONG_TYPE, Rejected, label, mapping_of_numbers
 
 IMPORTANCE = C.register(Family(
     "ml_feature_importance", GAUGE,
@@ -47,7 +47,7 @@ class ImportanceTracker:
             raise Rejected(INVALID_VALUE, "'importances' must name at least one feature")
         method = ev.get("method")
         if method is not None and type(method) is not str:
-            label(ev, "method")  # raises wrong_type
+            raise Rejected(WRONG_TYPE, "'method' must be a string")
         known = self.features.get((model, version))
         if known is None:
             if len(self.features) >= self.max_models:
