@@ -15,6 +15,9 @@ from typing import Any
 DEFAULT_PORT = 9877
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_STATE_DIR = "/var/lib/mlsidecar"
+# Fits the shipped memory limits (128Mi in the manifests, MemoryMax=256M in the unit) with room:
+# about 2 KiB per series across the worker and the server (docs/operations.md).
+DEFAULT_MAX_SERIES = 20000
 LOG_FORMATS = ("logfmt", "json")
 
 
@@ -35,6 +38,8 @@ class ServerConfig:
     multiproc_dirs: tuple[str, ...] = ()
     telemetry_path: str = "/metrics"
     enable_lifecycle: bool = False
+    max_connections: int = 256
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,9 @@ class SourcesConfig:
     socket_mode: int = 0o660
     socket_group: str = ""
     socket_queue: int = 10000
+    socket_queue_bytes: int = 16 * 1024 * 1024
+    socket_max_connections: int = 256
+    socket_buffer_bytes: int = 8 * 1024 * 1024
     max_line_bytes: int = 256 * 1024
     watch: str = "auto"
     poll_interval: float = 1.0
@@ -55,6 +63,11 @@ class SourcesConfig:
 class LimitsConfig:
     max_series_per_metric: int = 10000
     label_value_length: int = 128
+    # Series of workload metrics in all (a histogram counts as its buckets + 3: the time series
+    # Prometheus stores), shared out among the ingest workers; see series_share().
+    max_series: int = DEFAULT_MAX_SERIES
+    # Families created by `metric` events (per ingest worker).
+    max_user_metrics: int = 1000
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class Config:
     mappings: tuple[Any, ...] = ()
     collectors: tuple[tuple[str, Any], ...] = ()
     analytics: Any = None
+    cost: Any = None
 
     def static_labels(self, environ=os.environ) -> dict[str, str]:
         """Config labels plus labels read from the environment (Kubernetes downward API)."""
@@ -83,6 +97,12 @@ class Config:
             if value:
                 out[name] = value
         return out
+
+    def series_share(self) -> int:
+        """The series budget of one ingest worker: ``limits.max_series`` shared out evenly
+        among the tail and socket workers (their own mlsidecar_* series do not count)."""
+        workers = len(dict.fromkeys(self.sources.tail)) + bool(self.sources.socket or self.sources.socket_datagram)
+        return max(1, self.limits.max_series // max(1, workers))
 
     def collector(self, name: str):
         return dict(self.collectors).get(name)
@@ -181,7 +201,7 @@ def load(path: str | None = None) -> Config:
 
 
 def from_dict(data: dict, source: str = "(config)") -> Config:
-    from . import collectors, usermap  # late: they import config
+    from . import collectors, cost, usermap  # late: they import config
     from .analytics import settings as analytics_settings
 
     top = Section(source, "", data)
@@ -201,6 +221,8 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         multiproc_dirs=_strings(s, "multiproc_dirs"),
         telemetry_path=s.get("telemetry_path", str, "/metrics"),
         enable_lifecycle=s.get("enable_lifecycle", bool, False),
+        max_connections=s.positive("max_connections", int, 256),
+        header_timeout=s.positive("header_timeout", float, 10.0),
     )
     try:
         parse_listen(server.listen)
@@ -229,6 +251,9 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         socket_mode=mode_int,
         socket_group=s.get("socket_group", str, ""),
         socket_queue=s.positive("socket_queue", int, 10000),
+        socket_queue_bytes=s.positive("socket_queue_bytes", int, 16 * 1024 * 1024),
+        socket_max_connections=s.positive("socket_max_connections", int, 256),
+        socket_buffer_bytes=s.positive("socket_buffer_bytes", int, 8 * 1024 * 1024),
         max_line_bytes=s.positive("max_line_bytes", int, 256 * 1024),
         watch=watch,
         poll_interval=s.positive("poll_interval", float, 1.0),
@@ -248,6 +273,8 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     cfg["limits"] = LimitsConfig(
         max_series_per_metric=s.positive("max_series_per_metric", int, 10000),
         label_value_length=s.positive("label_value_length", int, 128),
+        max_series=s.positive("max_series", int, DEFAULT_MAX_SERIES),
+        max_user_metrics=s.positive("max_user_metrics", int, 1000),
     )
     s.finish()
 
@@ -271,6 +298,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     cfg["mappings"] = usermap.parse(top, "mappings")
     cfg["collectors"] = collectors.parse_config(top.table("collectors"))
     cfg["analytics"] = analytics_settings.parse(top.table("analytics"))
+    cfg["cost"] = cost.parse(top.table("cost"))
     top.finish()
     return Config(**cfg)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import gzip
 import html
 import logging
 import os
 import signal
 import socket
+import ssl
 import time
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from . import catalogue as C
 from . import negotiate
 from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
+from .logs import RateLimitedLog
 from .runtime.state import StateDir
 from .selfmetrics import SelfMetrics
 
@@ -33,7 +36,7 @@ STALE_AFTER = 10.0  # a worker whose status is older than this is not ready
 
 
 # Why the HTTP server refused a connection or request (mlsidecar_http_rejected_total{reason}).
-REJECT_REASONS = ("connection_limit", "auth_busy", "auth_failed")
+REJECT_REASONS = ("connection_limit", "fd_limit", "auth_busy", "auth_failed")
 
 
 class _Rendered:
@@ -192,6 +195,113 @@ Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.serie
         return app
 
 
+# accept() errors that mean "out of descriptors or memory": wait, do not spin.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: 22\r\n\r\ntoo many connections\r\n")
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted by :class:`Acceptor` until it closes."""
+
+    def __init__(self, inner: asyncio.Protocol, acceptor: "Acceptor"):
+        self.inner = inner
+        self.acceptor = acceptor
+        self.counted = True
+
+    def release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.acceptor.open -= 1
+
+    def connection_made(self, transport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.release()
+        self.inner.connection_lost(exc)
+
+
+class Acceptor:
+    """Accepts on the scrape port itself, so the number of open connections is bounded.
+
+    aiohttp and asyncio have no connection limit. Here a connection beyond
+    ``limit`` (TLS handshakes in progress included) is answered 503 and closed
+    at once, and running out of descriptors pauses accepting for a moment
+    instead of spinning; both are counted and logged at most once a minute.
+    """
+
+    def __init__(self, sock: socket.socket, factory, ssl_context, limit: int, handshake_timeout: float,
+                 on_reject):
+        self.sock = sock
+        self.factory = factory
+        self.ssl_context = ssl_context
+        self.limit = limit
+        self.handshake_timeout = handshake_timeout
+        self.on_reject = on_reject
+        self.open = 0
+        self.warn = RateLimitedLog(log, 60.0)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self.on_reject("fd_limit")
+                    self.warn.warning("accept", "scrape port: cannot accept (%s); pausing accept for 0.5 s",
+                                      exc.strerror)
+                    await asyncio.sleep(0.5)
+                else:
+                    self.warn.warning("accept-other", "scrape port: accept failed: %s", exc)
+                    await asyncio.sleep(0.05)
+                continue
+            if self.open >= self.limit:
+                self.on_reject("connection_limit")
+                self.warn.warning("limit", "scrape port: %d connections open (server.max_connections); "
+                                           "refusing new ones", self.open)
+                self._refuse(conn)
+                continue
+            self.open += 1
+            task = asyncio.ensure_future(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        if self.ssl_context is None:
+            try:
+                conn.setblocking(False)
+                conn.send(_REFUSED)
+            except OSError:
+                pass
+        conn.close()
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        proto = _Counted(self.factory(), self)
+        extra = {"ssl_handshake_timeout": self.handshake_timeout} if self.ssl_context else {}
+        try:
+            await loop.connect_accepted_socket(lambda: proto, conn, ssl=self.ssl_context, **extra)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
+            proto.release()  # a failed or timed-out TLS handshake
+            conn.close()
+
+
 def bind(listen: str) -> socket.socket:
     """Open the scrape port before anything starts, so 'address in use' fails early."""
     from .config import parse_listen
@@ -227,12 +337,17 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        runner = web.AppRunner(server.app(middlewares), access_log=None, handle_signals=False)
+        # keepalive_timeout is also how long aiohttp waits for a request head: a client that
+        # sends a partial request (or nothing) is closed after header_timeout.
+        runner = web.AppRunner(server.app(middlewares), access_log=None, handle_signals=False,
+                               keepalive_timeout=cfg.server.header_timeout)
         await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=ssl_context)
-        await site.start()
+        acceptor = Acceptor(sock, runner.server, ssl_context, cfg.server.max_connections,
+                            cfg.server.header_timeout, server.count_rejected)
+        accepting = asyncio.ensure_future(acceptor.run())
         log.info("serving %s on %s", cfg.server.telemetry_path, cfg.server.listen)
         await stop.wait()
+        accepting.cancel()
         await runner.cleanup()
 
     try:

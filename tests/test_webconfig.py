@@ -408,3 +408,35 @@ def test_password_guessing_cannot_burn_the_cores(tmp_path, sidecar_factory):
     s = parse(body)
     assert total(s, "mlsidecar_http_rejected_total", reason="auth_busy") == codes.count(429)
     assert total(s, "mlsidecar_http_rejected_total", reason="auth_failed") == codes.count(401)
+
+
+def test_a_stalled_tls_handshake_is_cut_off_and_counts_toward_the_limit(tmp_path, sidecar_factory, certs):
+    import socket
+
+    text = f"tls_server_config:\n  cert_file: {certs / 'server.crt'}\n  key_file: {certs / 'server.key'}\n"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nmax_connections = 4\nheader_timeout = 1.0\n")
+    sc = sidecar_factory("--web.config.file", write(tmp_path, text), config=str(cfg))
+    sc.start(wait_ready=False)
+    url = f"https://127.0.0.1:{sc.port}"
+    ctx = client_context(certs)
+    wait_for(lambda: fetch(url + "/healthz", context=ctx)[0] == 200, what="TLS sidecar up")
+    stalled = [socket.create_connection(("127.0.0.1", sc.port), timeout=10) for _ in range(4)]
+    try:
+        # A fifth connection while four handshakes stall: closed at once, no handshake.
+        fifth = socket.create_connection(("127.0.0.1", sc.port), timeout=10)
+        fifth.settimeout(10)
+        assert fifth.recv(100) == b""
+        fifth.close()
+        for s in stalled:  # the server gives up on a silent client after header_timeout
+            s.settimeout(15)
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for s in stalled:
+            s.close()
+    assert wait_for(lambda: fetch(url + "/healthz", context=ctx)[0] == 200, what="TLS port usable again")
+    s = parse(fetch(url + "/metrics", context=ctx)[2])
+    assert total(s, "mlsidecar_http_rejected_total", reason="connection_limit") >= 1

@@ -52,3 +52,95 @@ def test_200_concurrent_scrapes_share_renders(tmp_path, sidecar_factory):
     # One render serves every scrape that arrived while it ran: a handful, never one per scrape.
     print(f"{scrapes:.0f} scrapes, {renders:.0f} renders")
     assert 1 <= renders <= 20, renders
+
+
+def worker_pid(sc, identity: str) -> int:
+    """The pid of one of the daemon's child processes, from the supervisor's log."""
+    import re
+    found = re.findall(rf"started {re.escape(identity)} \(pid (\d+)\)", sc.log())
+    assert found, sc.log()
+    return int(found[-1])
+
+
+def open_slow(port: int, n: int) -> list:
+    """n connections that each send half a request head and then nothing."""
+    import socket
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        conns.append(c)
+    return conns
+
+
+def closed_by_server(conn) -> bytes | None:
+    """What the server sent before closing, or None while it keeps the connection open."""
+    import socket
+    conn.settimeout(0.05)
+    data = b""
+    try:
+        while chunk := conn.recv(4096):
+            data += chunk
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def test_slow_partial_requests_cannot_hold_the_port(tmp_path, sidecar_factory):
+    from tests.harness import wait_for
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nmax_connections = 20\nheader_timeout = 1.0\n")
+    sc = sidecar_factory(config=str(cfg)).start()
+    slow = open_slow(sc.port, 20)
+    excess = open_slow(sc.port, 10)
+    try:
+        # Over the limit: answered 503 and closed at once, not queued behind the slow ones.
+        answers = [wait_for(lambda c=c: closed_by_server(c), timeout=10, what="503 for an excess connection")
+                   for c in excess]
+        assert all(a.startswith(b"HTTP/1.1 503") for a in answers)
+        # The slow ones are cut off after header_timeout, though the client never gives up.
+        for c in slow:
+            assert wait_for(lambda c=c: closed_by_server(c) is not None, timeout=15, what="slow one closed")
+        status, _, _ = sc.get("/healthz")
+        assert status == 200
+        s = parse(sc.metrics_text())
+        assert total(s, "mlsidecar_http_rejected_total", reason="connection_limit") >= 10
+    finally:
+        for c in slow + excess:
+            c.close()
+
+
+def test_out_of_descriptors_the_server_pauses_and_recovers(tmp_path, sidecar_factory):
+    import resource
+    import socket
+
+    from tests.harness import wait_for
+    sc = sidecar_factory().start()
+    pid = worker_pid(sc, "server")
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (64, 64))  # far below server.max_connections
+    conns = []
+    try:
+        for _ in range(120):  # bounded; the kernel backlog takes what the server cannot accept
+            c = socket.socket()
+            c.settimeout(5)
+            try:
+                c.connect(("127.0.0.1", sc.port))
+            except OSError:
+                c.close()
+                break
+            conns.append(c)
+        wait_for(lambda: "accept" in sc.log(), what="accept failure logged")
+        import time
+        time.sleep(1.5)  # let an accept loop that spins show itself in the log
+        lines = [ln for ln in sc.log().splitlines() if "accept" in ln]
+        assert len(lines) <= 3, lines[:5]  # once a minute, not once per try
+    finally:
+        for c in conns:
+            c.close()
+    status, _, _ = wait_for(lambda: sc.get("/healthz"), what="/healthz after the descriptors are back")
+    assert status == 200
+    s = parse(sc.metrics_text())
+    assert total(s, "mlsidecar_http_rejected_total", reason="fd_limit") >= 1
+    assert sc.proc.poll() is None
