@@ -41,9 +41,11 @@ from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, Family
+from ..cost import Usage, gpu_shares
 from ..logs import RateLimitedLog
 from . import Collector, CollectorSettings, CollectorUnavailable, register
-from .process import WORKLOAD_OPTIONS, Published, in_initial_pid_namespace, job_name, workload_from_options
+from .process import (WORKLOAD_OPTIONS, Published, SourceWriters, in_initial_pid_namespace, job_name,
+                      workload_from_options)
 
 log = logging.getLogger("mlsidecar.collectors.gpu")
 
@@ -227,6 +229,7 @@ class GpuCollector(Collector):
         self._proc_root = proc_root
         self._environ = os.environ if environ is None else environ
         self._sidecar_root = sidecar_root
+        self._sources = SourceWriters(handles.get("sources"), handles.get("state_dir", ""))
         self.gpus: list[_Gpu] = []
         self.unsupported: set[tuple[str, str]] = set()
         self.lost: set[str] = set()
@@ -241,6 +244,7 @@ class GpuCollector(Collector):
         self._reader_since = 0.0
         self._initialised = False
         self._errors = RateLimitedLog(log, interval=600.0)
+        self.usage: Usage | None = None
         self.driver_version = self.cuda_version = ""
 
     # --- start-up -----------------------------------------------------------
@@ -307,7 +311,7 @@ class GpuCollector(Collector):
         if mode == "pid":
             try:
                 self.workload = workload_from_options(opts, self._psutil, self._proc_root, self._environ,
-                                                      self._sidecar_root)
+                                                      self._sidecar_root, self._sources)
             except CollectorUnavailable as exc:
                 # Per-process memory is still exported; only the training families need a workload.
                 log.info("gpu collector: no workload to attribute GPU use to (%s)", exc)
@@ -378,7 +382,27 @@ class GpuCollector(Collector):
                 name = self._process_name(pid)
                 out[(PROCESS_MEM, (str(index), g.uuid, str(pid), name))] = used
         self._training(out, per_gpu_procs)
+        self.usage = self._cost_usage(per_gpu_procs)
         return out, lost
+
+    def _cost_usage(self, per_gpu_procs: dict[int, dict[int, float]]) -> Usage | None:
+        """The GPUs the workload holds and its share of each, for the cost meter (mlsidecar/cost.py).
+
+        ``devices``: the container's visible GPUs, wholly. ``pid`` with a workload: each GPU's cost
+        shared by GPU memory among its processes. Otherwise every GPU the sidecar sees, wholly.
+        """
+        gpus = [g for g in self.gpus if g.uuid not in self.lost]
+        pids = None
+        if self.attribution == "devices":
+            gpus = [g for g in gpus if g.index in self.visible]
+        elif self.attribution == "pid" and self.workload is not None and \
+                self.settings.options.get("processes", True):
+            try:
+                pids = {p.pid for p in self.workload.select()}
+            except Exception:  # noqa: BLE001 - keep the last reading; the next one charges the gap
+                return self.usage
+        procs = {g.uuid: per_gpu_procs.get(g.index, {}) for g in gpus}
+        return Usage(gpus=gpu_shares([(str(g.index), g.uuid, g.name) for g in gpus], procs, pids))
 
     def _read_gpu(self, g: _Gpu, out: dict) -> None:
         nv, h, L, call = self.nvml, g.handle, g.labels, self._call

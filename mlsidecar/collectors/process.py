@@ -10,12 +10,17 @@ Which processes are "the workload" (option ``mode``):
 - ``namespace``: every process in this PID namespace except the sidecar
   itself -- the Kubernetes pod with ``shareProcessNamespace: true``. The pod's
   ``pause`` process (PID 1) is left out too.
+- ``sources``: the processes that write to the sidecar's sources -- every
+  process holding a tailed file open for writing, and every process connected
+  to the event socket (its peer credentials) -- plus their descendants. No PID
+  file or pattern is needed: the workload is found by what it does.
 - ``auto`` (default): ``$MLSIDECAR_PROCESS_MODE`` when set; else ``pid_file``
   or ``cmdline`` when one is configured; else ``namespace`` when the sidecar
-  runs in a PID namespace of its own (a container). On a host (the initial PID
-  namespace) with nothing configured there is nothing sane to watch -- "every
-  process on the machine" is node_exporter's job -- so the collector reports
-  ``up=0`` with one log line saying what to set.
+  runs in a PID namespace of its own (a container: the pod is the workload);
+  else, on a host, ``sources`` when the sidecar has a tail or stream socket
+  source. With none of these there is nothing sane to watch -- "every process
+  on the machine" is node_exporter's job -- so the collector reports ``up=0``
+  with one log line saying what to set.
 
 "The sidecar" is the supervisor and all its descendants: the collector runs
 in a child of the supervisor, so the parent's process tree is left out.
@@ -40,6 +45,7 @@ from typing import Any, Iterable
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, Family
+from ..cost import Usage
 from ..logs import RateLimitedLog
 from . import Collector, CollectorSettings, CollectorUnavailable, register
 
@@ -48,7 +54,8 @@ log = logging.getLogger("mlsidecar.collectors.process")
 # The inode of the initial PID namespace (PROC_PID_INIT_INO in the kernel): a
 # constant, so "are we on the host or in a container's namespace" is one readlink.
 INIT_PID_NS_INODE = 0xEFFFFFFC
-MODES = ("auto", "pid_file", "cmdline", "namespace")
+MODES = ("auto", "pid_file", "cmdline", "namespace", "sources")
+O_ACCMODE, O_WRONLY, O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
 MODE_ENV = "MLSIDECAR_PROCESS_MODE"
 
 
@@ -164,11 +171,100 @@ class RunningTotals:
         self._first = False
 
 
+def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = frozenset()) -> set[int]:
+    """PIDs of the processes that hold one of ``paths`` open for writing.
+
+    Compared by device and inode, so a file renamed by rotation or opened
+    through another path still counts. Processes we may not look into (another
+    user's, without CAP_SYS_PTRACE) are passed over.
+    """
+    targets = set()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        targets.add((st.st_dev, st.st_ino))
+    found: set[int] = set()
+    if not targets:
+        return found
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        fd_dir = os.path.join(proc_root, entry, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in targets and _open_for_writing(proc_root, entry, fd):
+                found.add(int(entry))
+                break
+    return found
+
+
+def _open_for_writing(proc_root: str, pid: str, fd: str) -> bool:
+    try:
+        with open(os.path.join(proc_root, pid, "fdinfo", fd)) as fh:
+            for line in fh:
+                if line.startswith("flags:"):
+                    return (int(line.split()[1], 8) & O_ACCMODE) in (O_WRONLY, O_RDWR)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+class SourceWriters:
+    """The sidecar's sources, for mode ``sources``: tail patterns and the socket's peers."""
+
+    def __init__(self, sources: Any = None, state_dir: str = ""):
+        self.patterns = tuple(getattr(sources, "tail", ()) or ())
+        self.socket = getattr(sources, "socket", "") or ""
+        self.state_dir = state_dir
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns or self.socket)
+
+    def describe(self) -> str:
+        parts = [f"writers of {', '.join(self.patterns)}"] if self.patterns else []
+        if self.socket:
+            parts.append(f"peers of {self.socket}")
+        return "the processes that are " + " and ".join(parts) if parts else "no sources"
+
+    def files(self) -> list[str]:
+        out: list[str] = []
+        for pattern in self.patterns:
+            out.extend(glob.glob(pattern) if glob.has_magic(pattern) else [pattern])
+        return out
+
+    def socket_peers(self) -> set[int]:
+        """PIDs the socket worker saw connect (SO_PEERCRED), from its status file."""
+        if not (self.socket and self.state_dir):
+            return set()
+        import json
+
+        try:
+            with open(os.path.join(self.state_dir, "status", "socket.json"), "rb") as fh:
+                peers = json.load(fh).get("peers", [])
+        except (OSError, ValueError):
+            return set()
+        return {p for p in peers if isinstance(p, int) and p > 0}
+
+
 class Workload:
     """Finds the workload's processes (see the module docstring for the modes)."""
 
     def __init__(self, mode: str = "auto", pid_file: str = "", cmdline: str = "", children: bool = True,
-                 psutil_mod=None, proc_root: str = "/proc", environ=None, sidecar_root: Any = "auto"):
+                 psutil_mod=None, proc_root: str = "/proc", environ=None, sidecar_root: Any = "auto",
+                 sources: SourceWriters | None = None):
         if psutil_mod is None:
             import psutil as psutil_mod
         self.psutil = psutil_mod
@@ -176,6 +272,7 @@ class Workload:
         self.environ = os.environ if environ is None else environ
         self.pid_file = pid_file
         self.children = children
+        self.sources = sources or SourceWriters()
         self.sidecar_root = default_sidecar_root() if sidecar_root == "auto" else sidecar_root
         self.mode = self._resolve(mode, pid_file, cmdline)
         self.pattern = None
@@ -199,9 +296,14 @@ class Workload:
                 return "cmdline"
             if in_initial_pid_namespace(self.proc_root) is False:
                 return "namespace"
+            if self.sources:
+                return "sources"
             raise CollectorUnavailable(
-                "nothing to watch: set pid_file or cmdline in [collectors.process] "
+                "nothing to watch: no --tail or --socket source whose writers could be found; set pid_file "
+                "or cmdline in [collectors.process] "
                 f"(or mode = \"namespace\" / ${MODE_ENV}=namespace in a pod with shareProcessNamespace)")
+        if mode == "sources" and not self.sources:
+            raise CollectorUnavailable("mode = \"sources\" needs a --tail or --socket source")
         if mode == "pid_file" and not pid_file:
             raise CollectorUnavailable("mode = \"pid_file\" needs the pid_file option")
         if mode == "cmdline" and not cmdline:
@@ -213,6 +315,8 @@ class Workload:
             return f"pid_file {self.pid_file}"
         if self.mode == "cmdline":
             return f"cmdline /{self.pattern.pattern}/"
+        if self.mode == "sources":
+            return self.sources.describe()
         return "every process in this PID namespace except the sidecar"
 
     def _pid_file_pids(self) -> set[int]:
@@ -259,6 +363,10 @@ class Workload:
             roots = {pid for pid, p in procs.items()
                      if pid not in excluded and self.pattern.search(" ".join(p.info.get("cmdline") or ()))}
             chosen = (tree(roots) if self.children else roots) - excluded
+        elif self.mode == "sources":
+            roots = writers_of(self.sources.files(), self.proc_root, skip=excluded)
+            roots = (roots | self.sources.socket_peers()) & procs.keys()
+            chosen = (tree(roots) if self.children else roots) - excluded
         else:
             kthreadd = procs.get(2)
             kernel = tree([2]) if kthreadd is not None and kthreadd.info.get("name") == "kthreadd" else set()
@@ -271,10 +379,10 @@ class Workload:
 
 
 def workload_from_options(opts: dict, psutil_mod=None, proc_root: str = "/proc", environ=None,
-                          sidecar_root: Any = "auto") -> Workload:
+                          sidecar_root: Any = "auto", sources: SourceWriters | None = None) -> Workload:
     return Workload(opts.get("mode", "auto"), opts.get("pid_file", ""), opts.get("cmdline", ""),
                     opts.get("children", True), psutil_mod=psutil_mod, proc_root=proc_root,
-                    environ=environ, sidecar_root=sidecar_root)
+                    environ=environ, sidecar_root=sidecar_root, sources=sources)
 
 
 WORKLOAD_OPTIONS: dict[str, tuple[type, Any]] = {
@@ -309,8 +417,10 @@ class ProcessCollector(Collector):
     }
 
     def __init__(self, settings: CollectorSettings, psutil=None, proc_root: str = "/proc",
-                 environ=None, sidecar_root: Any = "auto", **handles: Any):
+                 environ=None, sidecar_root: Any = "auto", sources: Any = None, state_dir: str = "",
+                 **handles: Any):
         super().__init__(settings)
+        self._sources = SourceWriters(sources, state_dir)
         self._psutil = psutil
         self._proc_root = proc_root
         self._environ = os.environ if environ is None else environ
@@ -318,6 +428,7 @@ class ProcessCollector(Collector):
         self.workload: Workload | None = None
         self._published = Published()
         self._totals: RunningTotals | None = None
+        self.usage: Usage | None = None
         self._denied = RateLimitedLog(log, interval=600.0)
 
     def setup(self) -> None:
@@ -329,7 +440,7 @@ class ProcessCollector(Collector):
                 raise CollectorUnavailable("psutil is not installed") from None
             self._psutil = ps
         self.workload = workload_from_options(self.settings.options, ps, self._proc_root,
-                                              self._environ, self._sidecar_root)
+                                              self._environ, self._sidecar_root, self._sources)
         self.job_name = job_name(self.settings, self._environ)
         log.info("process collector watching %s", self.workload.describe())
 
@@ -382,11 +493,13 @@ class ProcessCollector(Collector):
             self._totals = RunningTotals(_COUNTERS, start)
         totals = self._totals
         rows = []
+        cpu: dict[str, float] = {}
         for p in self.workload.select():
             r = self._read(p)
             if r is None:
                 continue
             rows.append(r)
+            cpu[f"{p.pid}:{r['ctime']}"] = r["user"] + r["system"]
             totals.add((p.pid, r["ctime"]), {k: r[k] for k in _COUNTERS if k in r})
         totals.end_poll()
 
@@ -394,6 +507,8 @@ class ProcessCollector(Collector):
         for name, (fam, labels) in _COUNTERS.items():
             out[(fam, labels)] = totals.totals[name]
         rss = float(sum(r["rss"] for r in rows))
+        # What the cost meter charges for (mlsidecar/cost.py): CPU seconds per process, resident memory.
+        self.usage = Usage(cpu_seconds=cpu, memory_bytes=rss)
         out[(RESIDENT, ())] = rss
         out[(THREADS, ())] = float(sum(r["threads"] for r in rows))
         # Gauges that would mislead when some process could not be read are left out then.

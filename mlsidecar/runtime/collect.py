@@ -12,6 +12,7 @@ import time
 
 from .. import catalogue as C
 from .. import collectors
+from .. import cost
 from ..config import Config
 from ..logs import RateLimitedLog
 from .state import StateDir
@@ -33,9 +34,12 @@ def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: 
     items = []
     for name in names:
         settings = cfg.collector(name)
-        items.append({"name": name, "obj": classes[name](settings, **(handles or {})),
+        # The sidecar's sources: the process collector finds the workload by them.
+        found_by = {"sources": cfg.sources, "state_dir": cfg.state_dir}
+        items.append({"name": name, "obj": classes[name](settings, **{**found_by, **(handles or {})}),
                       "interval": settings.interval, "next": 0.0, "ready": False,
                       "setup_at": 0.0, "error": ""})
+    meter = _cost_meter(cfg, state, identity, writer)
     runs = 0
     try:
         while not stop.requested and (max_runs is None or runs < max_runs):
@@ -45,6 +49,8 @@ def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: 
                     continue
                 it["next"] = now + it["interval"]
                 _run_one(it, writer, errors, now)
+                if meter is not None and it["error"] == "" and it["ready"]:
+                    _charge(meter, it, errors)
             writer.flush()
             write_status(state, identity, "collect", {
                 "sources": [{"name": f"collector {it['name']}", "open": it["ready"],
@@ -64,6 +70,25 @@ def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: 
                 pass
         writer.flush()
         writer.close()
+
+
+def _cost_meter(cfg: Config, state: StateDir, identity: str, writer):
+    """A CostMeter for this worker's collectors when [cost] sets prices (see mlsidecar/cost.py)."""
+    settings = getattr(cfg, "cost", None)
+    if settings is None or not settings.enabled:
+        return None
+    return cost.CostMeter(settings, writer, cost.state_path(state.root, identity))
+
+
+def _charge(meter, it: dict, errors: RateLimitedLog) -> None:
+    """Feed the collector's last reading to the cost meter; a failure here never stops collecting."""
+    usage = cost.usage_of(it["obj"])
+    if usage is None:
+        return
+    try:
+        meter.observe(it["name"], usage)
+    except Exception as exc:  # noqa: BLE001
+        errors.warning(f"{it['name']}:cost", "cost of collector %s not counted: %s", it["name"], exc)
 
 
 def _run_one(it: dict, writer, errors: RateLimitedLog, now: float) -> None:

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, replace
 
 from .. import __version__
 from .. import catalogue as C
+from .. import cost
 from ..config import Config, ConfigError
+from ..logs import RateLimitedLog
 from ..store import SeriesWriter
 from .state import StateDir
 
@@ -132,6 +134,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.writer: SeriesWriter | None = None
+        self._state_log = RateLimitedLog(log, interval=60.0)
 
     # --- signals ------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -160,10 +163,22 @@ class Supervisor:
             self.writer.close()
         self.writer = SeriesWriter(self.state.metrics, "supervisor",
                                    static_labels=self.cfg.static_labels())
+        for kind, _message in self.writer.faults:
+            self.writer.inc(C.STATE_FAULTS, ("supervisor", kind))
         self.writer.set_gauge(C.BUILD_INFO, (__version__, platform.python_version()), 1)
         for spec in specs:
             self.writer.inc(C.WORKER_RESTARTS, (spec.identity,), 0)
-        self.writer.flush()
+        # Currency, prices and budgets from [cost]: what the cost rules and dashboards divide by.
+        cost.export_config(self.writer, self.cfg.cost)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the supervisor's own series; a state dir that refuses is logged, not fatal:
+        the supervisor must outlive a full or read-only disk to restart the workers after it."""
+        try:
+            self.writer.flush()
+        except OSError as exc:
+            self._state_log.warning("flush", "cannot write the supervisor's series: %s", exc)
 
     def _expected(self) -> list[str]:
         return [w.spec.identity for w in self.workers.values()]
@@ -177,7 +192,7 @@ class Supervisor:
         w.started = time.monotonic()
         w.restart_at = None
         self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 1)
-        self.writer.flush()
+        self._flush()
         log.info("started %s (pid %d)", w.spec.identity, p.pid)
 
     def _all(self) -> list[Worker]:
@@ -199,10 +214,13 @@ class Supervisor:
                 os.read(self._wake_r, 64)
             if self.stopping:
                 break
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
-            self._reap_and_restart()
+            try:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                self._reap_and_restart()
+            except OSError as exc:  # the state dir went bad under us: keep supervising
+                self._state_log.warning("loop", "supervisor: %s; carrying on", exc)
             if self.notify is not None:
                 if not ready_sent and self._ready():
                     self.notify.ready()
@@ -232,7 +250,7 @@ class Supervisor:
                 w.process = None
                 w.restart_at = now + delay
                 self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
-                self.writer.flush()
+                self._flush()
             if w.process is None and w.restart_at is not None and now >= w.restart_at:
                 w.restarts += 1
                 self.writer.inc(C.WORKER_RESTARTS, (w.spec.identity,))
@@ -298,7 +316,7 @@ class Supervisor:
             self._stop_workers([self.server])
         for w in self._all():
             self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
-        self.writer.flush()
+        self._flush()
         self.writer.close()
         if self.notify is not None:
             self.notify.stopping()
