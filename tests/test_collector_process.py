@@ -303,3 +303,81 @@ interval = 0.5
     app.wait()
     sc.wait_value("ml_process_processes", 0)
     assert sc.stop() == 0
+
+
+# --- mode "sources": the workload found by what it writes ---------------------------
+
+# Holds the file open for appending (as a workload's logger does) and starts a child of its own.
+APPENDER = ("import subprocess, sys\n"
+            "f = open(sys.argv[1], 'a', buffering=1)\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'], stdin=subprocess.PIPE)\n"
+            "f.write('{\"event\":\"prediction\",\"model\":\"m\",\"version\":\"v1\",\"latency_s\":0.01}\\n')\n"
+            + READY + "sys.stdin.read()\nc.kill(); c.wait()\n")
+READER = "import sys; f = open(sys.argv[1])\n" + READY + "sys.stdin.read()\n"
+# Connects to the event socket, sends one event and stays connected.
+SOCKET_CLIENT = ("import socket, sys\n"
+                 "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                 "s.sendall(b'{\"event\":\"prediction\",\"model\":\"m\",\"version\":\"v1\",\"latency_s\":0.01}\\n')\n"
+                 + READY + "sys.stdin.read()\n")
+
+
+def test_writers_of_finds_the_processes_holding_a_file_open_for_writing(spawn, tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.touch()
+    appender = spawn(APPENDER, str(path))
+    reader = spawn(READER, str(path))
+    spawn(IDLE)
+    assert P.writers_of([str(path)]) == {appender.pid}
+    # Rotated away by rename: the same file (device and inode), so still found through its new name.
+    path.rename(tmp_path / "events.jsonl.1")
+    assert P.writers_of([str(tmp_path / "events.jsonl.1")]) == {appender.pid}
+    assert P.writers_of([str(path)]) == set()
+    assert reader.pid not in P.writers_of([str(tmp_path / "events.jsonl.1")])
+
+
+def test_auto_mode_on_a_host_watches_the_writers_of_the_sources(tmp_path):
+    host, pod = _proc_root(tmp_path, P.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
+    srcs = P.SourceWriters(type("S", (), {"tail": ("/logs/*.jsonl",), "socket": ""})())
+    assert Workload("auto", proc_root=host, environ={}, sources=srcs).mode == "sources"
+    assert Workload("auto", proc_root=pod, environ={}, sources=srcs).mode == "namespace"
+    with pytest.raises(CollectorUnavailable, match="needs a --tail or --socket"):
+        Workload("sources", proc_root=host, environ={})
+
+
+def sidecar_env() -> dict:
+    # In a container's PID namespace "auto" means the whole namespace; ask for "sources" there.
+    return {} if P.in_initial_pid_namespace() is not False else {P.MODE_ENV: "sources"}
+
+
+def test_bare_run_tail_finds_the_writer_and_its_child(spawn, tmp_path, sidecar_factory):
+    events = tmp_path / "events.jsonl"
+    events.touch()
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text("[collectors.process]\ninterval = 0.5\n")
+    sc = sidecar_factory("--tail", str(events), config=str(cfg), env=sidecar_env()).start()
+    s = wait_for(lambda: (lambda s: s if ("mlsidecar_collector_up", (("collector", "process"),)) in s
+                          else None)(sc.scrape()), what="process collector ran")
+    assert total(s, "mlsidecar_collector_up", collector="process") == 1, sc.log()
+    assert total(s, "ml_process_processes") == 0  # nobody writes yet
+
+    appender = spawn(APPENDER, str(events))
+    spawn(READER, str(events))  # reads only: not the workload
+    s = sc.wait_value("ml_process_processes", 2)  # the writer and its child, not the sidecar's own tail
+    assert total(s, "ml_predictions_total") == 1
+    rss = psutil.Process(appender.pid).memory_info().rss
+    assert total(s, "ml_process_resident_memory_bytes") >= rss
+    assert "watching the processes that are writers of" in sc.log()
+    appender.kill()
+    appender.wait()
+    sc.wait_value("ml_process_processes", 0)
+
+
+def test_bare_run_socket_finds_the_connected_client(spawn, tmp_path, sidecar_factory):
+    sock = tmp_path / "events.sock"
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text("[collectors.process]\ninterval = 0.5\n")
+    sc = sidecar_factory("--socket", str(sock), config=str(cfg), env=sidecar_env()).start()
+    client = spawn(SOCKET_CLIENT, str(sock))
+    s = sc.wait_value("ml_process_processes", 1)
+    assert total(s, "ml_predictions_total") == 1
+    assert total(s, "ml_process_threads") == psutil.Process(client.pid).num_threads()

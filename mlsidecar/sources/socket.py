@@ -21,6 +21,7 @@ import queue
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 
@@ -86,6 +87,9 @@ class SocketReader(threading.Thread):
         self.stopping = False
         self._buffers: dict[socket.socket, bytearray] = {}
         self._skipping: set[socket.socket] = set()
+        # Who connects (SO_PEERCRED), for the process collector's "sources" mode.
+        self._peer_of: dict[socket.socket, int] = {}
+        self._peers_seen: dict[int, float] = {}
         self.wake = threading.Event()
         self.names = {}
         if stream is not None:
@@ -130,6 +134,13 @@ class SocketReader(threading.Thread):
 
     def _accept(self, listener: socket.socket) -> None:
         conn, _ = listener.accept()
+        try:
+            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        except (OSError, AttributeError):
+            pid = 0
+        if pid > 0:
+            self._peer_of[conn] = pid
+            self._peers_seen[pid] = time.monotonic()
         conn.setblocking(False)
         self._buffers[conn] = bytearray()
         self.sel.register(conn, selectors.EVENT_READ, "conn")
@@ -145,6 +156,9 @@ class SocketReader(threading.Thread):
             self.sel.unregister(conn)
             self._buffers.pop(conn, None)
             self._skipping.discard(conn)
+            pid = self._peer_of.pop(conn, 0)
+            if pid:
+                self._peers_seen[pid] = time.monotonic()
             conn.close()
             return
         if conn in self._skipping:
@@ -184,6 +198,15 @@ class SocketReader(threading.Thread):
     def _count_oversized(self, source: str) -> None:
         with self.lock:
             self.oversized[source] = self.oversized.get(source, 0) + 1
+
+    def peers(self, within: float = 60.0) -> list[int]:
+        """PIDs connected now, or connected within ``within`` seconds (a client per event)."""
+        now = time.monotonic()
+        seen = list(self._peers_seen.items())
+        for pid, t in seen:
+            if now - t >= within:
+                self._peers_seen.pop(pid, None)
+        return sorted({*list(self._peer_of.values()), *(p for p, t in seen if now - t < within)})
 
     def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         with self.lock:
@@ -240,7 +263,8 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
                     write_status(state, identity, "socket", {
                         "sources": [{"name": s, "open": True, "lines": ingest.accepted + ingest.rejected}
                                     for s in sources],
-                        "accepted": ingest.accepted, "rejected": ingest.rejected})
+                        "accepted": ingest.accepted, "rejected": ingest.rejected,
+                        "peers": reader.peers()})
                     last_status = now
             if item is None:
                 reader.wake.wait(0.2)
