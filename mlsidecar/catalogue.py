@@ -57,6 +57,12 @@ class Family:
 
 
 REGISTRY: dict[str, Family] = {}
+# Every name a registered family takes in either format -> the family (see exposed_names).
+_TAKEN: dict[str, Family] = {}
+
+# Sample suffixes of counters, histograms and info metrics: a new family whose own name ends in
+# one could be read as a sample of another family (now, or when that one appears later).
+SAMPLE_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created", "_info")
 
 
 def register(family: Family) -> Family:
@@ -67,7 +73,52 @@ def register(family: Family) -> Family:
             raise ValueError(f"metric {family.name} is already defined differently")
         return old
     REGISTRY[family.name] = family
+    for n in exposed_names(family.name, family.type):
+        _TAKEN.setdefault(n, family)
     return family
+
+
+def exposed_names(name: str, typ: str) -> tuple[str, ...]:
+    """The names a family takes in the text format and in OpenMetrics: its family name(s)
+    and the names of its samples."""
+    if typ == COUNTER:
+        base = name[:-6] if name.endswith("_total") else name
+        return (base, base + "_total", base + "_created")
+    if typ == HISTOGRAM:
+        return (name, name + "_bucket", name + "_count", name + "_sum", name + "_created")
+    return (name,)
+
+
+def name_clash(name: str, typ: str) -> str | None:
+    """Why a new family ``name`` of type ``typ`` cannot be exposed beside the registered
+    families (a shared family or sample name, in either format), or None when it can."""
+    base = name[:-6] if typ == COUNTER and name.endswith("_total") else name
+    for suffix in SAMPLE_SUFFIXES:
+        if base.endswith(suffix):
+            return f"{name} ends in {suffix}, which is how samples of other families are named"
+    for n in exposed_names(name, typ):
+        other = _TAKEN.get(n)
+        if other is not None and REGISTRY.get(other.name) is not other:
+            del _TAKEN[n]  # the catalogue was reset since (tests do)
+            other = None
+        if other is None:
+            other = next((f for f in REGISTRY.values() if n in exposed_names(f.name, f.type)), None)
+        if other is not None and other.name != name:
+            return f"{name} would take the name {n} of {other.type} {other.name}"
+    return None
+
+
+def load_builtins() -> None:
+    """Import every module that registers built-in families, so that a user family is
+    checked against all of them (collectors and analytics register theirs on import)."""
+    import importlib
+    import pkgutil
+
+    from . import analytics, collectors
+
+    collectors.load_all()
+    for info in pkgutil.iter_modules(analytics.__path__):
+        importlib.import_module(f"{analytics.__name__}.{info.name}")
 
 
 def expiry(overrides: dict[str, float] | None = None) -> dict[str, float]:
@@ -225,6 +276,17 @@ LINES_READ = _f(
 BYTES_BEHIND = _f(
     "mlsidecar_source_bytes_behind", GAUGE, "Bytes written to a tailed file but not read yet.",
     ("source",), unit="bytes", fed_by="file source", expire_after=600.0,
+)
+SOURCE_GAPS = _f(
+    "mlsidecar_source_gaps_total", COUNTER,
+    "Parts of a source that could not be read and were skipped, never guessed (a generation deleted "
+    "or truncated before it was read, logrotate's copytruncate window, positions lost), by reason.",
+    ("source", "reason"), fed_by="file source",
+)
+STATE_FAULTS = _f(
+    "mlsidecar_state_faults_total", COUNTER,
+    "Faults found in the state directory and handled (a file moved aside, values found without "
+    "positions, a write refused), by worker and kind.", ("worker", "kind"), fed_by="every worker",
 )
 SERIES_LIMITED = _f(
     "mlsidecar_series_limited_total", COUNTER,

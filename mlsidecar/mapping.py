@@ -22,7 +22,8 @@ from . import catalogue as C
 from . import events
 from .catalogue import Family
 from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MAX_AMOUNT, MISSING_FIELD,
-                     MISSING_KIND, UNKNOWN_KIND, WRONG_TYPE, Rejected, amount, check_number, label,
+                     MISSING_KIND, NAME_CLASH, TOO_MANY_METRICS, UNKNOWN_KIND, WRONG_TYPE,
+                     Rejected, amount, check_number, label,
                      mapping_of_numbers, number, timestamp)
 from .logs import RateLimitedLog
 from .analytics.scores import classification_scores
@@ -33,6 +34,7 @@ PREDICTIONS, LATENCY, CONFIDENCE = C.PREDICTIONS, C.PREDICTION_LATENCY, C.PREDIC
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_EVAL_SAMPLES = 1_000_000
+ERROR_RATE_INTERVAL = 1.0  # seconds between recomputations of ml_pipeline_error_rate
 INTERNAL = "internal_error"  # a bug of ours (as the workers count it)
 _bug_log = RateLimitedLog(logging.getLogger("mlsidecar.mapping"))
 
@@ -47,7 +49,8 @@ class Mapper:
 
     def __init__(self, batch: Batch, *, metric_prefix: str = "", user_mappings=(),
                  metric_buckets: tuple[float, ...] = C.LATENCY_BUCKETS, analytics=None,
-                 error_rate_window: float = 300.0, clock: Callable[[], float] = time.time):
+                 error_rate_window: float = 300.0, clock: Callable[[], float] = time.time,
+                 max_user_metrics: int = 1000, max_error_rates: int = 10000):
         self.batch = batch
         self.metric_prefix = metric_prefix
         self.user_mappings = {}
@@ -62,6 +65,12 @@ class Mapper:
         # This chunk's predictions per series: (latencies, confidences); see prediction().
         self._records: dict[tuple[str, str, str], tuple[list, list]] = {}
         self._dynamic: dict[str, Family] = {}
+        self.max_user_metrics = max_user_metrics
+        self.max_error_rates = max_error_rates
+        self._error_rates_due = 0.0
+        self._evict_due = 0.0
+        self._error_rates_dirty: set[tuple[str, str]] = set()
+        self._builtins_loaded = False
         self.handlers: dict[str, Callable[[dict], None]] = {
             "prediction": self.prediction, "evaluation": self.evaluation, "drift": self.drift,
             "data_quality": self.data_quality, "deployment": self.deployment,
@@ -108,10 +117,7 @@ class Mapper:
                 self.analytics.records(self._records, now)
             self._fold_predictions()
             self.now = now
-            for key, ratio in self._error_rates.items():
-                r = ratio.ratio(now)
-                if r is not None:
-                    self.batch.set(C.PIPELINE_ERROR_RATE, key, r)
+            self._error_rates_tick(now)
             if self.analytics is not None:
                 self.analytics.tick(self.batch, now)
         except Exception:  # noqa: BLE001 - see the docstring
@@ -260,8 +266,49 @@ class Mapper:
             self.batch.observe(C.PIPELINE_LATENCY, (pipe, stage), duration)
         ratio = self._error_rates.get((pipe, stage))
         if ratio is None:
-            ratio = self._error_rates[(pipe, stage)] = SlidingRatio(self.error_rate_window)
+            ratio = self._new_error_rate((pipe, stage))
+            if ratio is None:
+                return
         ratio.add(self.now, records, records if status == "error" else 0)
+        self._error_rates_dirty.add((pipe, stage))
+
+    def _new_error_rate(self, key: tuple[str, str]) -> SlidingRatio | None:
+        """A window for a new stage; None (counted as limited) when there are too many."""
+        rates = self._error_rates
+        if len(rates) >= self.max_error_rates:
+            if self.now >= self._evict_due:  # forget the windows that saw nothing lately
+                self._evict_due = self.now + ERROR_RATE_INTERVAL
+                for idle in [k for k, r in rates.items() if r.ratio(self.now) is None]:
+                    del rates[idle]
+            if len(rates) >= self.max_error_rates:
+                self.batch.inc(C.SERIES_LIMITED, (C.PIPELINE_ERROR_RATE.name,))
+                return None
+        ratio = self._error_rates[key] = SlidingRatio(self.error_rate_window)
+        return ratio
+
+    def _error_rates_tick(self, now: float) -> None:
+        """Set the error-rate gauges that changed: those of this chunk's stages at once, the
+        others (whose old records leave the window) at most every ERROR_RATE_INTERVAL. A
+        window that saw nothing for a whole window length is forgotten (its gauge stays)."""
+        if now < self._error_rates_due:
+            keys = self._error_rates_dirty
+        else:
+            self._error_rates_due = now + ERROR_RATE_INTERVAL
+            keys = list(self._error_rates)
+        idle = []
+        for key in keys:
+            ratio = self._error_rates.get(key)
+            if ratio is None:
+                continue
+            r = ratio.ratio(now)
+            if r is None:
+                idle.append(key)
+            elif r != ratio.published:
+                ratio.published = r
+                self.batch.set(C.PIPELINE_ERROR_RATE, key, r)
+        for key in idle:
+            del self._error_rates[key]
+        self._error_rates_dirty.clear()
 
     def queue(self, ev: dict) -> None:
         pipe = label(ev, "pipeline")
@@ -322,6 +369,16 @@ class Mapper:
             if existing is not None and (existing.type != typ or existing.labels != label_names):
                 raise Rejected(LABEL_MISMATCH, f"{name} exists with type {existing.type} "
                                                f"and labels {list(existing.labels)}")
+            if len(self._dynamic) >= self.max_user_metrics:
+                raise Rejected(TOO_MANY_METRICS, f"{name}: already {len(self._dynamic)} metrics "
+                                                 f"from events (limits.max_user_metrics)")
+            if existing is None:
+                if not self._builtins_loaded:
+                    C.load_builtins()
+                    self._builtins_loaded = True
+                clash = C.name_clash(name, typ)
+                if clash is not None:
+                    raise Rejected(NAME_CLASH, clash)
             fam = existing or C.register(Family(
                 name, typ, help_text or f"User metric {name}.", label_names,
                 (buckets or self.metric_buckets) if typ == C.HISTOGRAM else (), fed_by="metric"))

@@ -89,7 +89,8 @@ class SeriesWriter:
 
     def __init__(self, directory: str, identity: str, journal_path: str | None = None,
                  static_labels: dict[str, str] | None = None, series_limit: int = 10000,
-                 on_limited=None, expiry: dict[str, float] | None = None, clock=time.time):
+                 on_limited=None, expiry: dict[str, float] | None = None, clock=time.time,
+                 total_limit: int | None = None):
         self.directory = directory
         self.identity = identity
         self.journal_path = journal_path
@@ -109,7 +110,11 @@ class SeriesWriter:
         self.expiry = expiry if expiry is not None else catalogue.expiry()
         self.clock = clock
         self.journal_state: Any = None
+        # Workload series in all (see series_weight); the limit applies once restored.
+        self.total = 0
+        self.total_limit: int | None = None
         self._load()
+        self.total_limit = total_limit
 
     # --- start-up -----------------------------------------------------------
     def _load(self) -> None:
@@ -213,14 +218,15 @@ class SeriesWriter:
                     del self.values[sk]
                     del self._keys[sk]
                     self._series_per_family[sk[0].name] -= 1
+                    self.total -= series_weight(sk[0])
                     gone += 1
         return gone
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
         metric_name, sample_name, labels, _help = json.loads(key)
         fam = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
-        if fam is None:
-            return  # a family that could not be rebuilt: its keys are dropped below
+        if fam is None or fam.type != file_type:
+            return  # a family that could not be rebuilt (or of another type): its keys are dropped below
         lv = tuple(str(labels.get(n, "")) for n in fam.labels)
         sk = (fam, lv)
         if fam.type == HISTOGRAM:
@@ -253,6 +259,10 @@ class SeriesWriter:
         n = self._series_per_family.get(fam.name, 0)
         if n >= self.series_limit:
             return False
+        weight = series_weight(fam)
+        if self.total_limit is not None and self.total + weight > self.total_limit:
+            return False
+        self.total += weight
         self._series_per_family[fam.name] = n + 1
         labels = dict(zip(fam.labels, lv))
         for k, v in self.static_labels.items():
@@ -347,6 +357,7 @@ class SeriesWriter:
         del self._keys[sk]
         self.touched.pop(sk, None)
         self._series_per_family[family.name] -= 1
+        self.total -= series_weight(family)
 
     def series(self, family: Family) -> list[Labels]:
         """The label values of this writer's live series of a family."""
@@ -377,6 +388,14 @@ class SeriesWriter:
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+
+def series_weight(fam: Family) -> int:
+    """What a series costs of the global budget: the time series Prometheus stores for it
+    (a histogram's buckets, +Inf, _sum and _count); the sidecar's own series are free."""
+    if fam.name.startswith("mlsidecar_"):
+        return 0
+    return len(fam.buckets) + 3 if fam.type == HISTOGRAM else 1
 
 
 def metric_name(fam: Family) -> str:

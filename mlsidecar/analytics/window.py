@@ -12,6 +12,7 @@ class SlidingRatio:
         self.width = window / slots
         self.slots = slots
         self._buckets: deque[list] = deque()  # [bucket start, total, errors]
+        self.published: float | None = None  # the value last handed out as a gauge
 
     def add(self, now: float, total: float, errors: float) -> None:
         start = now - now % self.width

@@ -54,13 +54,17 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
         state.metrics, identity, state.journal(identity) if journal else None,
         static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
         expiry=C.expiry(dict(cfg.expire)),
+        # Ingest workers share limits.max_series; collectors' series are bounded by the hardware.
+        total_limit=cfg.series_share() if identity.startswith("tail-") or identity == "socket" else None,
     )
     limited_log = RateLimitedLog(log)
 
     def on_limited(name: str) -> None:
         writer.inc(C.SERIES_LIMITED, (name,))
-        limited_log.warning(name, "%s reached its limit of %d series; new series are dropped",
-                            name, cfg.limits.max_series_per_metric)
+        limited_log.warning(name, "%s: new series dropped: the metric has %d series "
+                            "(limits.max_series_per_metric) or this worker's share of "
+                            "limits.max_series (%d) is used", name,
+                            cfg.limits.max_series_per_metric, writer.total_limit or 0)
 
     writer.on_limited = on_limited
     return writer
@@ -73,7 +77,9 @@ def make_mapper(cfg: Config, batch: Batch) -> Mapper:
     analytics = engine.build(cfg.analytics)  # None settings: the defaults
     return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
-                  error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0))
+                  error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
+                  max_user_metrics=cfg.limits.max_user_metrics,
+                  max_error_rates=cfg.limits.max_series_per_metric)
 
 
 class Ingest:
