@@ -164,6 +164,41 @@ def _fail(msg: str) -> int:
     return EXIT_USAGE
 
 
+def user_state_dir(environ=os.environ) -> str:
+    """$XDG_STATE_HOME/mlsidecar, or ~/.local/state/mlsidecar (the XDG base directory default)."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    base = environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
+    return os.path.join(base, "mlsidecar")
+
+
+def _unwritable(path: str) -> str:
+    """Why ``path`` cannot be the state dir ("" when it can): created if missing, then written."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _state_dir_chosen(args: argparse.Namespace, flags: dict) -> bool:
+    """Whether someone asked for the state dir (flag, $STATE_DIRECTORY, or the config file)."""
+    if flags.get("state_dir"):
+        return True
+    if not args.config:
+        return False
+    import tomllib
+
+    try:
+        with open(args.config, "rb") as fh:
+            return "state_dir" in tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return True
+
+
 def load_config(args: argparse.Namespace, flags: dict) -> configmod.Config:
     cfg = configmod.load(args.config)
     if not args.config and not flags.get("state_dir") and os.environ.get("STATE_DIRECTORY"):
@@ -207,14 +242,18 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
             webconfig.load(cfg.server.web_config_file).ssl_context()
         except ConfigError as exc:
             return _fail(str(exc))
-    try:
-        os.makedirs(cfg.state_dir, mode=0o700, exist_ok=True)
-        probe = os.path.join(cfg.state_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
-    except OSError as exc:
-        return _fail(f"state dir {cfg.state_dir} is not writable: {exc.strerror} "
+    problem = _unwritable(cfg.state_dir)
+    if problem and cfg.state_dir == DEFAULT_STATE_DIR and not _state_dir_chosen(args, flags):
+        # Not root (a first try on a laptop): a directory of this user's own, said in the log.
+        fallback = user_state_dir()
+        if not _unwritable(fallback):
+            log.warning("state dir %s is not writable (%s): using %s instead (choose one with --state-dir)",
+                        cfg.state_dir, problem, fallback)
+            cfg = configmod.with_overrides(cfg, state_dir=fallback)
+            flags["state_dir"] = fallback  # a reload keeps it
+            problem = ""
+    if problem:
+        return _fail(f"state dir {cfg.state_dir} is not writable: {problem} "
                      "(set --state-dir or state_dir in the config)")
     try:
         sock = bind(cfg.server.listen)
