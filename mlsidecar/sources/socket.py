@@ -28,6 +28,7 @@ import time
 from .. import catalogue as C
 from ..config import Config
 from ..events import OVERSIZED
+from ..logs import RateLimitedLog
 from ..runtime.state import StateDir
 from ..runtime.worker import Ingest, Stop, make_mapper, make_writer, write_status
 from ..store import Batch
@@ -35,7 +36,15 @@ from ..store import Batch
 log = logging.getLogger("mlsidecar.socket")
 
 READ_BYTES = 1 << 16
+# mlsidecar_events_dropped_total{reason}: the queue is full (events or bytes) / the unfinished
+# lines of all stream connections reached sources.socket_buffer_bytes.
 BACKPRESSURE = "backpressure"
+BUFFER_LIMIT = "buffer_limit"
+# mlsidecar_socket_connections_rejected_total{reason}
+CONNECTION_LIMIT = "connection_limit"
+FD_LIMIT = "fd_limit"
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_PAUSE = 1.0  # seconds the listener is left alone after running out of descriptors
 
 
 class SocketError(Exception):
@@ -73,17 +82,26 @@ class SocketReader(threading.Thread):
     """Drains the sockets into a bounded queue of line lists; drops (and counts) when full."""
 
     def __init__(self, stream: socket.socket | None, dgram: socket.socket | None,
-                 max_line_bytes: int, max_pending: int):
+                 max_line_bytes: int, max_pending: int, max_pending_bytes: int = 16 << 20,
+                 max_connections: int = 256, max_buffered_bytes: int = 8 << 20):
         super().__init__(name="socket-reader", daemon=True)
         self.sel = selectors.DefaultSelector()
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.max_line = max_line_bytes
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_connections = max_connections
+        self.max_buffered = max_buffered_bytes
         self.lock = threading.Lock()
         self.pending = 0
-        self.dropped: dict[str, int] = {}
+        self.pending_bytes = 0
+        self.buffered = 0  # bytes of unfinished lines, all stream connections together
+        self.dropped: dict[tuple[str, str], int] = {}
         self.oversized: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}  # stream connections closed at accept, by reason
         self.connections = 0
+        self.warn = RateLimitedLog(log, 60.0)
+        self._listen_paused: dict[socket.socket, float] = {}
         self.stopping = False
         self._buffers: dict[socket.socket, bytearray] = {}
         self._skipping: set[socket.socket] = set()
@@ -99,24 +117,30 @@ class SocketReader(threading.Thread):
             self.sel.register(dgram, selectors.EVENT_READ, "dgram")
             self.names["dgram"] = dgram.getsockname()
 
-    def _offer(self, source: str, lines: list[bytes]) -> None:
+    def _offer(self, source: str, lines: list[bytes], nbytes: int) -> None:
         n = len(lines)
         with self.lock:
-            if self.pending + n > self.max_pending:
-                self.dropped[source] = self.dropped.get(source, 0) + n
+            if self.pending + n > self.max_pending or self.pending_bytes + nbytes > self.max_pending_bytes:
+                self._drop(source, BACKPRESSURE, n)
                 return
             self.pending += n
-        self.queue.put((source, lines))
+            self.pending_bytes += nbytes
+        self.queue.put((source, lines, nbytes))
         self.wake.set()
+
+    def _drop(self, source: str, reason: str, n: int) -> None:
+        key = (source, reason)
+        self.dropped[key] = self.dropped.get(key, 0) + n
 
     def take(self) -> tuple[str, list[bytes]] | None:
         try:
-            item = self.queue.get_nowait()
+            source, lines, nbytes = self.queue.get_nowait()
         except queue.Empty:
             return None
         with self.lock:
-            self.pending -= len(item[1])
-        return item
+            self.pending -= len(lines)
+            self.pending_bytes -= nbytes
+        return source, lines
 
     def run(self) -> None:
         while not self.stopping:
@@ -130,10 +154,44 @@ class SocketReader(threading.Thread):
                         self._read(key.fileobj)
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        log.warning("socket error: %s", exc)
+                        self.warn.warning(f"error-{exc.errno}", "socket error: %s", exc)
+                        if key.data == "conn":
+                            self._close(key.fileobj)
+            self._resume_listeners()
+
+    def _reject(self, reason: str) -> None:
+        with self.lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def _resume_listeners(self) -> None:
+        if not self._listen_paused:
+            return
+        now = time.monotonic()
+        for listener, until in list(self._listen_paused.items()):
+            if now >= until:
+                del self._listen_paused[listener]
+                self.sel.register(listener, selectors.EVENT_READ, "listen")
 
     def _accept(self, listener: socket.socket) -> None:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError as exc:
+            if exc.errno not in RESOURCE_ERRNOS:
+                raise
+            # Out of descriptors: stop watching the listener for a moment rather than being
+            # woken for the same pending connection in a tight loop.
+            self._reject(FD_LIMIT)
+            self.warn.warning("accept", "cannot accept a connection on %s (%s); pausing accept for %.1f s",
+                              self.names.get("stream"), exc.strerror, ACCEPT_PAUSE)
+            self.sel.unregister(listener)
+            self._listen_paused[listener] = time.monotonic() + ACCEPT_PAUSE
+            return
+        if len(self._buffers) >= self.max_connections:
+            self._reject(CONNECTION_LIMIT)
+            self.warn.warning("limit", "%s: %d stream connections open (sources.socket_max_connections); "
+                                       "closing new ones", self.names.get("stream"), len(self._buffers))
+            conn.close()
+            return
         try:
             pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         except (OSError, AttributeError):
@@ -147,12 +205,41 @@ class SocketReader(threading.Thread):
         self.connections += 1
 
     def _read(self, conn: socket.socket) -> None:
+        """Read what one connection sent, keeping the unfinished lines of all within budget."""
+        before = len(self._buffers.get(conn, b""))
+        try:
+            self._read_conn(conn)
+        finally:
+            buf = self._buffers.get(conn)
+            self.buffered += (len(buf) if buf is not None else 0) - before
+        if buf is not None and buf and self.buffered > self.max_buffered:
+            # This connection's line would take the sum past the budget: drop it, skip to its newline.
+            self.buffered -= len(buf)
+            buf.clear()
+            self._skipping.add(conn)
+            with self.lock:
+                self._drop(self.names["stream"], BUFFER_LIMIT, 1)
+
+    def _close(self, conn: socket.socket) -> None:
+        """Forget a connection after an error on it."""
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        buf = self._buffers.pop(conn, None)
+        if buf:
+            self.buffered -= len(buf)
+        self._skipping.discard(conn)
+        self._peer_of.pop(conn, None)
+        conn.close()
+
+    def _read_conn(self, conn: socket.socket) -> None:
         source = self.names["stream"]
         data = conn.recv(READ_BYTES)
         buf = self._buffers[conn]
         if not data:
             if buf and conn not in self._skipping:
-                self._offer(source, [bytes(buf)])  # a last line without its newline
+                self._offer(source, [bytes(buf)], len(buf))  # a last line without its newline
             self.sel.unregister(conn)
             self._buffers.pop(conn, None)
             self._skipping.discard(conn)
@@ -181,7 +268,7 @@ class SocketReader(threading.Thread):
             self._count_oversized(source)
             buf.clear()
             self._skipping.add(conn)
-        self._offer(source, lines)
+        self._offer(source, lines, end)
 
     def _datagrams(self, sock: socket.socket) -> None:
         source = self.names["dgram"]
@@ -193,7 +280,7 @@ class SocketReader(threading.Thread):
             if flags & socket.MSG_TRUNC or len(data) > self.max_line:
                 self._count_oversized(source)
                 continue
-            self._offer(source, data.rstrip(b"\n").split(b"\n"))
+            self._offer(source, data.rstrip(b"\n").split(b"\n"), len(data))
 
     def _count_oversized(self, source: str) -> None:
         with self.lock:
@@ -208,11 +295,14 @@ class SocketReader(threading.Thread):
                 self._peers_seen.pop(pid, None)
         return sorted({*list(self._peer_of.values()), *(p for p, t in seen if now - t < within)})
 
-    def drain_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+    def drain_counts(self) -> tuple[dict[tuple[str, str], int], dict[str, int], dict[str, int]]:
+        """Counts since the last call: dropped by (source, reason), oversized by source,
+        stream connections rejected by reason."""
         with self.lock:
             dropped, self.dropped = self.dropped, {}
             oversized, self.oversized = self.oversized, {}
-        return dropped, oversized
+            rejected, self.rejected = self.rejected, {}
+        return dropped, oversized, rejected
 
 
 def run_socket_worker(identity: str, cfg: Config) -> None:
@@ -234,12 +324,18 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
     batch = Batch()
     mapper = make_mapper(cfg, batch)
     ingest = Ingest(cfg, mapper, batch, writer)
-    reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue)
+    reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue, src.socket_queue_bytes,
+                          src.socket_max_connections, src.socket_buffer_bytes)
     stop.wake = reader.wake
     reader.start()
     sources = [str(n) for n in reader.names.values()]
     for s in sources:
         batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), 0)
+    if stream is not None:
+        name = str(reader.names["stream"])
+        batch.inc(C.EVENTS_DROPPED, (name, BUFFER_LIMIT), 0)
+        for reason in (CONNECTION_LIMIT, FD_LIMIT):
+            batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (name, reason), 0)
     log.info("listening for events on %s", ", ".join(sources))
     last_flush = last_status = 0.0
     try:
@@ -249,9 +345,11 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
                 ingest.lines(item[1], item[0])
             now = time.time()
             if item is None or now - last_flush >= src.flush_interval:
-                dropped, oversized = reader.drain_counts()
-                for s, n in dropped.items():
-                    batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), n)
+                dropped, oversized, rejected = reader.drain_counts()
+                for (s, reason), n in dropped.items():
+                    batch.inc(C.EVENTS_DROPPED, (str(s), reason), n)
+                for reason, n in rejected.items():
+                    batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (str(reader.names["stream"]), reason), n)
                 for s, n in oversized.items():
                     ingest.reject(s, OVERSIZED, n)
                 mapper.tick(now)  # folds pending prediction counts into the batch
