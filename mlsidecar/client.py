@@ -1,11 +1,18 @@
 """A tiny helper for Python workloads: one call per event, standard library only.
 
-It never raises into the workload and never blocks it: a datagram that the
-sidecar's socket cannot take right now, or a file that cannot be written, is
-dropped and counted in ``EventClient.dropped``.
+It never raises into the workload and never waits for the sidecar: an event
+that the sidecar's socket cannot take right now, or a file that cannot be
+written, is dropped and counted in ``EventClient.dropped``.
 
-    events = EventClient(socket="/var/run/ml/events.dgram")   # or path="/var/log/app/events.jsonl"
+    events = EventClient(socket="/var/run/ml/events.dgram")    # datagram socket
+    events = EventClient(stream="/var/run/ml/events.sock")     # stream socket, non-blocking
+    events = EventClient(path="/var/log/app/events.jsonl")     # appended file
     events.prediction("resnet50", "v3", latency_s=0.012, confidence=0.93)
+
+The stream mode writes without blocking: what the kernel's socket buffer
+(about 200 KB) cannot take is dropped whole, never half a line. A plain
+blocking ``sendall`` on the stream socket, by contrast, waits whenever the
+sidecar is behind (see docs/events.md, "Which writer never blocks").
 """
 
 from __future__ import annotations
@@ -18,16 +25,19 @@ import time
 
 
 class EventClient:
-    def __init__(self, path: str | None = None, socket: str | None = None):
-        if (path is None) == (socket is None):
-            raise ValueError("give exactly one of path= or socket=")
+    def __init__(self, path: str | None = None, socket: str | None = None, stream: str | None = None):
+        if sum(x is not None for x in (path, socket, stream)) != 1:
+            raise ValueError("give exactly one of path=, socket= or stream=")
         self.path = path
         self.socket_path = socket
+        self.stream_path = stream
         self.dropped = 0
         self.sent = 0
         self._lock = threading.Lock()
         self._sock: _socket.socket | None = None
         self._fd: int | None = None
+        self._stream: _socket.socket | None = None
+        self._unsent = b""  # the tail of a line the stream took only part of
 
     def emit(self, event: str, **fields) -> bool:
         """Send one event; True when it was handed on, False when it was dropped."""
@@ -41,7 +51,11 @@ class EventClient:
     def _send(self, data: bytes) -> bool:
         with self._lock:
             try:
-                if self.socket_path is not None:
+                if self.stream_path is not None:
+                    if not self._send_stream(data):
+                        self.dropped += 1
+                        return False
+                elif self.socket_path is not None:
                     if self._sock is None:
                         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
                         self._sock.setblocking(False)
@@ -58,8 +72,44 @@ class EventClient:
         self.sent += 1
         return True
 
+    def _send_stream(self, data: bytes) -> bool:
+        """Hand ``data`` to the stream socket without waiting; False when it was not taken.
+
+        A line is either sent whole or not at all: when the kernel takes only part
+        of one, the rest goes out first on a later call, before any new line."""
+        if self._stream is None:
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(self.stream_path)
+            except BlockingIOError:  # the sidecar's backlog is full right now
+                s.close()
+                return False
+            except OSError:
+                s.close()
+                raise
+            self._stream = s
+        if self._unsent:
+            try:
+                n = self._stream.send(self._unsent)
+            except BlockingIOError:
+                return False
+            self._unsent = self._unsent[n:]
+            if self._unsent:
+                return False
+        try:
+            n = self._stream.send(data)
+        except BlockingIOError:
+            return False
+        self._unsent = data[n:]
+        return True
+
     def _reset(self) -> None:
         """After an error (socket gone, file rotated away) open afresh next time."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+            self._unsent = b""
         if self._fd is not None:
             try:
                 os.close(self._fd)

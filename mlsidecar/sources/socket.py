@@ -1,10 +1,14 @@
 """Unix socket sources: one JSON object per line (stream) or per datagram.
 
 A reader thread drains the kernel's socket buffers as fast as it can into a
-bounded queue; the worker's main thread parses and maps from that queue. When
-the queue is full the reader drops what it just read and counts it
-(``mlsidecar_events_dropped_total{reason="backpressure"}``), so a busy sidecar
-never blocks the workload's writes and never grows without bound.
+queue bounded in events and bytes; the worker's main thread parses and maps
+from that queue. When the queue is full the reader drops what it just read and
+counts it (``mlsidecar_events_dropped_total{reason="backpressure"}``), so the
+sidecar never grows without bound and never stops reading. A non-blocking
+writer (a datagram, or ``EventClient``) is therefore never made to wait; a
+*blocking* stream writer can still wait when the sidecar gets no CPU to read
+(the kernel buffer, about 200 KB per connection, is all that absorbs a burst).
+Stream connections are bounded in number and in unfinished-line bytes.
 
 The socket file is created with the configured mode (and group), and a
 symlink or any other non-socket file planted at its path is refused, never
