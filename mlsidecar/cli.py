@@ -235,13 +235,10 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     logs.setup(cfg.log_level, cfg.log_format)
-    if cfg.server.web_config_file:
-        from . import webconfig
-
-        try:
-            webconfig.load(cfg.server.web_config_file).ssl_context()
-        except ConfigError as exc:
-            return _fail(str(exc))
+    try:
+        configmod.check_environment(cfg, state_dir=False)  # the socket group, the web config
+    except ConfigError as exc:
+        return _fail(str(exc))
     problem = _unwritable(cfg.state_dir)
     if problem and cfg.state_dir == DEFAULT_STATE_DIR and not _state_dir_chosen(args, flags):
         # Not root (a first try on a laptop): a directory of this user's own, said in the log.
@@ -255,6 +252,10 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
     if problem:
         return _fail(f"state dir {cfg.state_dir} is not writable: {problem} "
                      "(set --state-dir or state_dir in the config)")
+    try:
+        configmod.check_environment(cfg)  # e.g. a plain file where the state dir needs a directory
+    except ConfigError as exc:
+        return _fail(str(exc))
     try:
         sock = bind(cfg.server.listen)
     except OSError as exc:
@@ -317,6 +318,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = configmod.load(args.file)
+        configmod.check_environment(cfg)  # what it names on this machine: group, web config file
     except ConfigError as exc:
         return _fail(str(exc))
     enabled = [n for n, s in cfg.collectors if s.enabled]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -163,6 +164,23 @@ def _kind_name(kind) -> str:
             dict: "a table"}.get(kind, kind.__name__)
 
 
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+# Label names with a meaning of their own: histogram buckets, summary quantiles, Prometheus' internals.
+RESERVED_LABELS = ("le", "quantile")
+
+
+def label_name_problem(name: str) -> str:
+    """Why ``name`` cannot be a label added to every series ('' when it can)."""
+    if not LABEL_NAME.match(name):
+        return "is not a valid Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, ASCII only)"
+    if name.startswith("__"):
+        return "names starting with __ are reserved for Prometheus"
+    if name in RESERVED_LABELS:
+        return f"'{name}' is reserved ({'histogram buckets' if name == 'le' else 'summary quantiles'})"
+    return ""
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """'HOST:PORT', ':PORT' or '[::1]:PORT' into (host, port)."""
     host, sep, port = value.rpartition(":")
@@ -195,6 +213,12 @@ def load(path: str | None = None) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
     return from_dict(data, path)
@@ -265,9 +289,11 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     cfg["labels"] = tuple((k, _label_value(s, k)) for k in s.data)
     s = top.table("labels_from_env")
     cfg["labels_from_env"] = tuple((k, _label_value(s, k)) for k in s.data)
-    for k, _ in cfg["labels"] + cfg["labels_from_env"]:
-        if not k.isidentifier() or k.startswith("__"):
-            raise ConfigError(source, f"labels.{k}", "is not a valid label name")
+    for table in ("labels", "labels_from_env"):
+        for k, _ in cfg[table]:
+            problem = label_name_problem(k)
+            if problem:
+                raise ConfigError(source, f"{table}.{k}", problem)
 
     s = top.table("limits")
     cfg["limits"] = LimitsConfig(
@@ -296,11 +322,58 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     s.finish()
 
     cfg["mappings"] = usermap.parse(top, "mappings")
+    cfg["expire"] = _check_expire(source, cfg["expire"], cfg["mappings"])
     cfg["collectors"] = collectors.parse_config(top.table("collectors"))
     cfg["analytics"] = analytics_settings.parse(top.table("analytics"))
     cfg["cost"] = cost.parse(top.table("cost"))
     top.finish()
     return Config(**cfg)
+
+
+def _check_expire(source: str, expire: tuple[tuple[str, float], ...], mappings) -> tuple[tuple[str, float], ...]:
+    """An [expire] entry must name a metric: built in, from a mapping, or (outside the
+    reserved ml_/mlsidecar_ prefixes) one that `metric` events may create. A counter may be
+    named with or without ``_total``; the family name is returned."""
+    from . import catalogue
+
+    catalogue.load_builtins()
+    known = set(catalogue.REGISTRY) | {m.name for mp in mappings for m in mp.metrics}
+    known |= {n[:-6] for n in known if n.endswith("_total")}
+    out = []
+    for name, seconds in expire:
+        out.append((name + "_total" if name + "_total" in known else name, seconds))
+        if name in known:
+            continue
+        if not METRIC_NAME.match(name):
+            raise ConfigError(source, f"expire.{name}", "is not a valid metric name")
+        if name.startswith(("ml_", "mlsidecar_")):
+            hint = difflib.get_close_matches(name, sorted(known), n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else " (see docs/metrics.md)"
+            raise ConfigError(source, f"expire.{name}", f"no such built-in metric{extra}")
+    return tuple(out)
+
+
+def check_environment(cfg: Config, state_dir: bool = True) -> None:
+    """What the config names on this machine, checked before anything starts (and by
+    check-config): the socket group, the web config file, the state dir's layout."""
+    group = cfg.sources.socket_group
+    if group and (cfg.sources.socket or cfg.sources.socket_datagram):
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise ConfigError(cfg.source, "sources.socket_group", f"no group {group!r} on this machine") from None
+    if cfg.server.web_config_file:
+        from . import webconfig
+
+        webconfig.load(cfg.server.web_config_file).ssl_context()
+    if state_dir:
+        for sub in ("", "metrics", "journal", "status"):
+            path = os.path.join(cfg.state_dir, sub)
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise ConfigError(cfg.source, "state_dir", f"{path} exists and is not a directory "
+                                                           "(move it away, or choose another state_dir)")
 
 
 def _strings(s: Section, name: str) -> tuple[str, ...]:

@@ -33,6 +33,17 @@ def load_text(tmp_path, text):
     ("[[mappings]]\nevent = 'x'\n[[mappings.metrics]]\nname = 'a'\ntype = 'gauge'\n",
      "mappings[0].metrics[0].value", "needs the field"),
     ("[expire]\nml_feature_drift_score = -1\n", "expire.ml_feature_drift_score", ">= 0"),
+    ("[expire]\nml_feature_drift = 60\n", "expire.ml_feature_drift", "did you mean 'ml_feature_drift_"),
+    ("[expire]\nml_nonesuch = 60\n", "expire.ml_nonesuch", "no such built-in metric"),
+    ("[expire]\n'a b' = 60\n", "expire.a b", "not a valid metric name"),
+    ("[labels]\n\"caf\u00e9\" = 'x'\n", "labels.caf\u00e9", "not a valid Prometheus label name"),
+    ("[labels]\nle = 'x'\n", "labels.le", "reserved"),
+    ("[labels]\nquantile = 'x'\n", "labels.quantile", "reserved"),
+    ("[labels]\n__meta = 'x'\n", "labels.__meta", "reserved"),
+    ("[labels]\n'a-b' = 'x'\n", "labels.a-b", "not a valid Prometheus label name"),
+    ("[labels_from_env]\n\"\u00fcber\" = 'POD'\n", "labels_from_env.\u00fcber", "not a valid"),
+    ("[limits]\nmax_series = 0\n", "limits.max_series", "must be > 0"),
+    ("[limits]\nmax_user_metrics = -1\n", "limits.max_user_metrics", "must be > 0"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, key, problem):
     with pytest.raises(ConfigError) as exc:
@@ -48,6 +59,70 @@ def test_not_toml_and_missing_file(tmp_path):
         load_text(tmp_path, "[sources\n")
     with pytest.raises(ConfigError, match="file not found"):
         config.load(str(tmp_path / "nope.toml"))
+
+
+def test_expire_accepts_builtins_with_or_without_total_and_names_metric_events_may_create():
+    cfg = config.from_dict({"expire": {"ml_predictions": 60, "ml_feature_drift_score": 0, "shop_kpi": 5}})
+    assert dict(cfg.expire) == {"ml_predictions_total": 60.0, "ml_feature_drift_score": 0.0, "shop_kpi": 5.0}
+
+
+def check_config(*args: str):
+    return subprocess.run([sys.executable, "-m", "mlsidecar", "check-config", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def one_line(out, *words: str) -> None:
+    """Exit 2 and one line on stderr naming the problem (no traceback)."""
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_check_config_gives_one_line_for_a_directory_and_for_non_utf8(tmp_path):
+    one_line(check_config(str(tmp_path)), str(tmp_path), "is a directory")
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'[labels]\nteam = "caf\xe9"\n')
+    one_line(check_config(str(bad)), str(bad), "not UTF-8")
+
+
+def test_check_config_reads_the_web_config_file_it_names(tmp_path):
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: not-a-bcrypt-hash\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "st"}"\n[server]\nweb_config_file = "{web}"\n')
+    one_line(check_config(str(cfg)), str(web), "alice")
+    cfg.write_text(f'state_dir = "{tmp_path / "st"}"\n[server]\nweb_config_file = "{tmp_path / "nope.yml"}"\n')
+    one_line(check_config(str(cfg)), "nope.yml", "file not found")
+
+
+def test_check_config_refuses_an_unknown_socket_group(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_dir = "{tmp_path / "st"}"\n[sources]\nsocket = "{tmp_path / "s.sock"}"\n'
+                   'socket_group = "no-such-group-here"\n')
+    one_line(check_config(str(cfg)), "sources.socket_group", "no-such-group-here")
+
+
+def run_briefly(tmp_path, *args: str):
+    from tests.harness import free_port
+    return subprocess.run([sys.executable, "-m", "mlsidecar", "run", "--listen", f"127.0.0.1:{free_port()}",
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+def test_run_fails_at_once_on_an_unknown_socket_group(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[sources]\nsocket = "{tmp_path / "s.sock"}"\nsocket_group = "no-such-group-here"\n')
+    one_line(run_briefly(tmp_path, "--config", str(cfg), "--state-dir", str(tmp_path / "st")),
+             "sources.socket_group", "no-such-group-here")
+
+
+def test_run_gives_one_line_when_the_state_dir_holds_a_plain_file_for_metrics(tmp_path):
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "metrics").write_text("not a directory")
+    one_line(run_briefly(tmp_path, "--state-dir", str(st)), str(st / "metrics"), "not a directory")
+    one_line(run_briefly(tmp_path, "--config", str(tmp_path)), "is a directory")
 
 
 def test_flags_override_the_file(tmp_path):

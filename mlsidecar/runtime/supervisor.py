@@ -66,6 +66,11 @@ def tail_identity(pattern: str) -> str:
     return "tail-" + hashlib.sha1(pattern.encode()).hexdigest()[:10]
 
 
+def _sources(cfg: Config) -> tuple:
+    src = cfg.sources
+    return src.tail + tuple(p for p in (src.socket, src.socket_datagram) if p)
+
+
 def plan(cfg: Config) -> list[WorkerSpec]:
     """The workers a config needs (the server is added by the supervisor)."""
     specs = [WorkerSpec(tail_identity(p), "tail", (p,)) for p in dict.fromkeys(cfg.sources.tail)]
@@ -265,12 +270,13 @@ class Supervisor:
 
         try:
             new = config.with_overrides(config.load(self.config_path), **self.overrides)
-            if new.server.web_config_file:
-                from .. import webconfig
-
-                webconfig.load(new.server.web_config_file).ssl_context()
+            config.check_environment(new, state_dir=False)  # socket group, web config file
         except (ConfigError, ValueError) as exc:
             log.error("SIGHUP: new config refused, keeping the running one: %s", exc)
+            return
+        if _sources(self.cfg) and not _sources(new):
+            log.error("SIGHUP: new config refused, keeping the running one: %s has no sources "
+                      "(tail, socket) and would stop every one of the running ones", self.config_path)
             return
         if new.server.listen != self.cfg.server.listen or new.state_dir != self.cfg.state_dir:
             log.warning("SIGHUP: listen address and state_dir changes need a restart; keeping the old ones")
