@@ -24,8 +24,10 @@ seconds); a negative timestamp marks a series as removed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
 import struct
 import time
@@ -39,6 +41,8 @@ from prometheus_client.utils import floatToGoString
 from . import catalogue
 from .catalogue import COUNTER, GAUGE, HISTOGRAM, Family
 
+log = logging.getLogger(__name__)
+
 _INT = struct.Struct("i")
 _TWO_DOUBLES = struct.Struct("dd")
 
@@ -48,6 +52,21 @@ SeriesKey = tuple[Family, Labels]
 
 class CorruptFile(Exception):
     """A metric file whose entries run past its end (a crash mid-write, or not ours)."""
+
+
+class StateWriteError(OSError):
+    """The state directory refused a write (full disk, read-only, permissions): nothing of the
+    flush was lost, it is kept in memory and written again at the next flush."""
+
+
+# Kinds of state-dir faults (mlsidecar_state_faults_total{kind}).
+FAULT_JOURNAL = "journal_corrupt"  # unreadable journal moved aside
+FAULT_POSITIONS = "positions_lost"  # values found without the positions they belong to
+FAULT_FILE = "metric_file_corrupt"  # metric file that cannot be read, moved aside
+FAULT_ENTRY = "metric_entry_corrupt"  # entries with a bad key or an impossible value, dropped
+FAULT_WRITE = "write_failed"  # a flush the state dir refused (kept, written again later)
+
+_MAX_FUTURE = 86400.0  # a timestamp further ahead than this is not one we wrote
 
 
 def iter_entries(buf: Any, start: int, used: int) -> Iterator[tuple[str, int]]:
@@ -110,6 +129,11 @@ class SeriesWriter:
         self.expiry = expiry if expiry is not None else catalogue.expiry()
         self.clock = clock
         self.journal_state: Any = None
+        # What start-up found: "ok", "missing" or "corrupt"; any stored values restored;
+        # the faults found (kind, message), for the worker to count and report.
+        self.journal_status = "missing"
+        self.restored_values = False
+        self.faults: list[tuple[str, str]] = []
         # Workload series in all (see series_weight); the limit applies once restored.
         self.total = 0
         self.total_limit: int | None = None
@@ -117,29 +141,42 @@ class SeriesWriter:
         self.total_limit = total_limit
 
     # --- start-up -----------------------------------------------------------
+    def _fault(self, kind: str, message: str) -> None:
+        log.warning("%s", message)
+        self.faults.append((kind, message))
+
     def _load(self) -> None:
-        """Re-apply the last journal to the files, then read the files back."""
+        """Check the files, re-apply the last journal to them, then read them back.
+
+        Nothing found broken stops the start: a bad journal or metric file is moved aside
+        (``*.corrupt``), bad entries are dropped, and each is logged and kept in ``faults``.
+        """
         os.makedirs(self.directory, exist_ok=True)
-        if self.journal_path and os.path.exists(self.journal_path):
+        suffix = f"_{self.identity}.db"
+        now = self.clock()
+        for name in sorted(os.listdir(self.directory)):
+            if name.endswith(suffix):
+                self._check_file(os.path.join(self.directory, name), now)
+        journal = self._read_journal()
+        if journal is not None:
             # First make the files whole: the last flush may have been cut short.
-            with open(self.journal_path, "rb") as fh:
-                journal = orjson.loads(fh.read())
-            for name, key, value, ts in journal.get("writes", []):
+            for name, key, value, ts in journal["writes"]:
                 self._file(name).write_value(key, value, ts)
             self.journal_state = journal.get("state")
             self.close()
-        suffix = f"_{self.identity}.db"
         files = []
         for name in sorted(os.listdir(self.directory)):
             if not name.endswith(suffix):
                 continue
             path = os.path.join(self.directory, name)
             try:
-                files.append((name, path, list(_read_file(path))))
-            except (CorruptFile, OSError, ValueError) as exc:
-                # A file we cannot trust is moved aside rather than served.
-                os.replace(path, path + ".corrupt")
-                raise CorruptFile(f"{path}: {exc}; moved aside") from exc
+                entries = list(_read_file(path))
+            except (CorruptFile, OSError, ValueError) as exc:  # broken since the check
+                _move_aside(path)
+                self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc}); moved aside")
+                continue
+            files.append((name, path, entries))
+            self.restored_values = self.restored_values or any(ts >= 0 for _k, _v, ts in entries)
         self._register_stored(files)
         loaded: list[tuple[str, str, float]] = []
         now = self.clock()
@@ -152,7 +189,7 @@ class SeriesWriter:
                     loaded.append((name, key, ts))
                     kept.append((key, value, ts))
             if len(kept) < len(entries):
-                self._compact(path, kept)
+                self._compact(name, path, kept)
         # Keys written under other static labels (config changed) move to the current ones.
         current = {k for keys in self._keys.values() for k in keys}
         moved = False
@@ -193,18 +230,63 @@ class SeriesWriter:
         ttl = self.expiry.get(name, self.expiry.get(name + "_total", math.inf))
         return ts < now - ttl
 
-    def _compact(self, path: str, kept: list[tuple[str, float, float]]) -> None:
-        """Rewrite a file without its removed and expired series, so it does not grow forever."""
-        tmp = path + ".compact"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        fresh = MmapedDict(tmp)
+    def _compact(self, name: str, path: str, kept: list[tuple[str, float, float]]) -> None:
+        """Rewrite a file without its removed and expired series, so it does not grow forever.
+
+        The file is unmapped first and mapped again on the next write: a map of the replaced
+        inode would send every later write to a deleted file.
+        """
+        f = self._files.pop(name, None)
+        if f is not None:
+            f.close()
+        _rewrite(path, kept)
+
+    def _read_journal(self) -> dict | None:
+        """The last journal, checked; one that cannot be used is moved aside (None)."""
+        if not self.journal_path:
+            return None
+        tmp = self.journal_path + ".tmp"
+        if os.path.lexists(tmp):  # a flush cut short (kill, full disk): never renamed, not used
+            _remove(tmp)
+        if not os.path.lexists(self.journal_path):
+            return None
         try:
-            for key, value, ts in kept:
-                fresh.write_value(key, value, ts)
-        finally:
-            fresh.close()
-        os.replace(tmp, path)
+            if not os.path.isfile(self.journal_path):
+                raise ValueError("not a regular file")
+            with open(self.journal_path, "rb") as fh:
+                data = fh.read()
+            if not data:
+                raise ValueError("empty (a power loss before it reached the disk?)")
+            journal = orjson.loads(data)
+            _check_journal(journal, f"_{self.identity}.db")
+        except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+            aside = _move_aside(self.journal_path)
+            self.journal_status = "corrupt"
+            self._fault(FAULT_JOURNAL, f"journal {self.journal_path} is unusable ({exc}); moved aside "
+                        f"to {aside}. Values kept; positions lost: the files are read on from their end")
+            return None
+        self.journal_status = "ok"
+        return journal
+
+    def _check_file(self, path: str, now: float) -> None:
+        """Move aside a metric file that cannot be read, or drop its impossible entries."""
+        file_type = os.path.basename(path).split("_", 1)[0]
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc})")
+            return
+        good, problems = scan_entries(data, file_type, now)
+        if not problems:
+            return
+        aside = _move_aside(path, copy=True)
+        _rewrite(path, good)
+        kind = FAULT_ENTRY if good else FAULT_FILE
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        self._fault(kind, f"metric file {path}: {'; '.join(problems[:3])}{more}; the file as found "
+                    f"is kept in {aside}, {len(good)} good entries kept: the series dropped start "
+                    "again from zero")
 
     def forget_expired(self, now: float | None = None) -> int:
         """Drop series not written for longer than their family's expiry from memory."""
@@ -250,8 +332,32 @@ class SeriesWriter:
     def _file(self, name: str) -> MmapedDict:
         f = self._files.get(name)
         if f is None:
-            f = self._files[name] = MmapedDict(os.path.join(self.directory, name))
+            f = MmapedDict(os.path.join(self.directory, name))
+            try:
+                # Back the whole map with disk blocks now: on a full disk a write to a sparse
+                # page of the map would kill the process (SIGBUS) instead of raising ENOSPC.
+                os.posix_fallocate(f._f.fileno(), 0, f._capacity)
+            except OSError:
+                f.close()
+                raise
+            self._files[name] = f
         return f
+
+    def _reserve(self, pending: dict) -> None:
+        """Make room, with real disk blocks, for the new keys of a flush before any is written."""
+        need: dict[str, int] = {}
+        for name, key in pending:
+            f = self._file(name)
+            if key not in f._positions:
+                n = len(key.encode())
+                need[name] = need.get(name, 0) + 4 + n + (8 - (n + 4) % 8) + 16
+        for name, n in need.items():
+            f = self._files[name]
+            capacity = f._capacity
+            while f._used + n > capacity:
+                capacity *= 2  # as MmapedDict grows: it then finds the blocks already there
+            if capacity != f._capacity:
+                os.posix_fallocate(f._f.fileno(), 0, capacity)
 
     def _new_series(self, sk: SeriesKey) -> bool:
         """Create a series; False when its family is at the series limit."""
@@ -374,12 +480,22 @@ class SeriesWriter:
         if self.journal_path is not None:
             writes = [[name, key, v, ts] for (name, key), (v, ts) in pending.items()]
             tmp = self.journal_path + ".tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps({"state": state, "writes": writes}))
-            os.replace(tmp, self.journal_path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(orjson.dumps({"state": state, "writes": writes}))
+                os.replace(tmp, self.journal_path)
+            except OSError as exc:
+                _remove(tmp)
+                raise StateWriteError(exc.errno, f"cannot write the journal {self.journal_path}: "
+                                      f"{exc.strerror or exc}") from exc
             self.journal_state = state
-        for (name, key), (v, ts) in pending.items():
-            self._file(name).write_value(key, v, ts)
+        try:
+            self._reserve(pending)
+            for (name, key), (v, ts) in pending.items():
+                self._file(name).write_value(key, v, ts)
+        except OSError as exc:
+            raise StateWriteError(exc.errno, f"cannot write the metric files in {self.directory}: "
+                                  f"{exc.strerror or exc}") from exc
         n = len(pending)
         self._pending = {}
         return n
@@ -407,6 +523,110 @@ def metric_name(fam: Family) -> str:
 
 def _key(fam: Family, sample_name: str, labels: dict[str, str]) -> str:
     return json.dumps([metric_name(fam), sample_name, labels, fam.help], sort_keys=True)
+
+
+def _check_journal(journal: Any, suffix: str) -> None:
+    """Raise ValueError unless ``journal`` has the shape :meth:`SeriesWriter.flush` writes."""
+    if not isinstance(journal, dict) or not isinstance(journal.get("writes"), list):
+        raise ValueError("not a journal (no list of writes)")
+    for w in journal["writes"]:
+        if not (isinstance(w, list) and len(w) == 4 and isinstance(w[0], str) and isinstance(w[1], str)
+                and w[0].endswith(suffix) and "/" not in w[0]
+                and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w[2:])):
+            raise ValueError(f"a write of the wrong shape: {str(w)[:100]}")
+    state = journal.get("state")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError("state is not an object")
+
+
+def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[tuple[str, float, float]], list[str]]:
+    """The entries of a metric file that can be trusted, and what is wrong with the others.
+
+    A key must be the JSON prometheus_client writes; a value must be finite, and for counters
+    and histograms not negative; a timestamp is -1 (removed), or between 0 and now + 1 day.
+    A bit flipped in a value is found when it breaks one of these, not always.
+    """
+    problems: list[str] = []
+    good: list[tuple[str, float, float]] = []
+    if len(data) < 8:
+        return good, ([] if not data else ["shorter than its header"])
+    (used,) = _INT.unpack_from(data, 0)
+    if used == 0:
+        return good, ["header zeroed (all values lost)"]
+    if used < 8 or used > len(data):
+        return good, [f"header says {used} bytes used, file has {len(data)}"]
+    pos = 8
+    while pos < used:
+        if pos + 4 > used:
+            problems.append(f"entry header at {pos} runs past {used}")
+            break
+        (length,) = _INT.unpack_from(data, pos)
+        padded = length + (8 - (length + 4) % 8)
+        end = pos + 4 + padded + 16
+        if length <= 0 or end > used:
+            problems.append(f"entry at {pos} of length {length} runs past {used}")
+            break
+        raw = data[pos + 4:pos + 4 + length]
+        value, ts = _TWO_DOUBLES.unpack_from(data, pos + 4 + padded)
+        pos = end
+        try:
+            key = raw.decode("utf-8")
+            parsed = json.loads(key)
+            if not (isinstance(parsed, list) and len(parsed) == 4 and isinstance(parsed[0], str)
+                    and isinstance(parsed[1], str) and isinstance(parsed[2], dict)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in parsed[2].items())
+                    and isinstance(parsed[3], str)):
+                raise ValueError("not a series key")
+        except ValueError as exc:
+            problems.append(f"bad key {raw[:60]!r} ({type(exc).__name__})")
+            continue
+        if not math.isfinite(value) or (file_type in (COUNTER, HISTOGRAM) and value < 0):
+            problems.append(f"impossible value {value!r} for {parsed[0]}")
+            continue
+        if not (ts == -1.0 or 0.0 <= ts <= now + _MAX_FUTURE):
+            problems.append(f"impossible timestamp {ts!r} for {parsed[0]}")
+            continue
+        good.append((key, value, ts))
+    return good, problems
+
+
+def _rewrite(path: str, entries: list[tuple[str, float, float]]) -> None:
+    """Replace a metric file, atomically, by one holding ``entries``."""
+    tmp = path + ".compact"
+    _remove(tmp)
+    fresh = MmapedDict(tmp)
+    try:
+        for key, value, ts in entries:
+            fresh.write_value(key, value, ts)
+    finally:
+        fresh.close()
+    os.replace(tmp, path)
+
+
+def _move_aside(path: str, copy: bool = False) -> str:
+    """Keep a file we cannot use as ``path.corrupt`` (``.corrupt.N`` if that is taken)."""
+    aside = path + ".corrupt"
+    n = 1
+    while os.path.lexists(aside):
+        aside = f"{path}.corrupt.{n}"
+        n += 1
+    if copy:
+        shutil.copyfile(path, aside)
+    else:
+        os.replace(path, aside)
+    return aside
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def _read_file(path: str) -> Iterator[tuple[str, float, float]]:

@@ -49,11 +49,43 @@ class StateDir:
         return os.path.join(self.statuses, f"{identity}.json")
 
     def write_status(self, identity: str, status: dict) -> None:
+        """Replace a worker's status atomically. When the state dir refuses the new file
+        (full disk), overwrite the old one in place, so an error can still be reported."""
         path = self.status_path(identity)
         tmp = f"{path}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(status))
-        os.replace(tmp, path)
+        data = orjson.dumps(status)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            # Blocks the old status already holds need no free space; the padding is JSON
+            # whitespace. A reader may see a torn write once and skip it.
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                old = os.fstat(fd).st_size
+                os.pwrite(fd, data + b" " * max(0, old - len(data)), 0)
+            finally:
+                os.close(fd)
+
+    def problems(self) -> list[str]:
+        """What keeps the sidecar from doing its job with this state dir (empty: nothing)."""
+        out = []
+        for d in (self.metrics, self.journals, self.statuses):
+            if not os.access(d, os.W_OK | os.X_OK):
+                out.append(f"state dir {d} is not writable: values and positions cannot be kept")
+                break
+        try:
+            st = os.statvfs(self.root)
+            if st.f_bavail == 0 and os.geteuid() != 0 or st.f_bfree == 0:
+                out.append(f"state dir {self.root}: no space left on the file system")
+        except OSError as exc:
+            out.append(f"state dir {self.root}: {exc}")
+        return out
 
     def read_statuses(self) -> dict[str, dict]:
         out = {}
@@ -76,6 +108,8 @@ class StateDir:
             os.unlink(self.status_path(identity))
         except FileNotFoundError:
             pass
+        except OSError as exc:  # read-only state dir: the stale status ages out of /readyz
+            log.warning("cannot clear the status of %s: %s", identity, exc)
 
     # --- housekeeping ---------------------------------------------------------
     def identities(self) -> set[str]:
@@ -92,12 +126,14 @@ class StateDir:
             if not name.endswith(".db"):
                 continue
             path = os.path.join(self.metrics, name)
-            if not _readable(path):
-                log.warning("metric file %s is empty or truncated; moved aside", path)
+            identity = name[:-3].split("_")[-1]
+            if identity in live:
+                continue  # checked entry by entry by the worker that owns it, as it starts
+            if not _readable(path, strict=True):
+                log.warning("metric file %s is empty, truncated or corrupt; moved aside", path)
                 os.replace(path, path + ".corrupt")
                 continue
-            identity = name[:-3].split("_")[-1]
-            if identity not in live and identity != ARCHIVE:
+            if identity != ARCHIVE:
                 retired.append(path)
         if retired:
             self.fold(retired)
@@ -124,8 +160,16 @@ class StateDir:
         log.info("folded %d metric files of retired workers into the archive", len(paths))
 
 
-def _readable(path: str) -> bool:
+def _readable(path: str, strict: bool = False) -> bool:
+    """Can the file be read? ``strict``: and is every entry one we could have written?"""
     try:
+        if strict:
+            from ..store import scan_entries
+
+            with open(path, "rb") as fh:
+                data = fh.read()
+            good, problems = scan_entries(data, os.path.basename(path).split("_", 1)[0], time.time())
+            return not problems and len(data) >= 8
         for _ in MmapedDict.read_all_values_from_file(path):
             pass
         return os.path.getsize(path) >= 8

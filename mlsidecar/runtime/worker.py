@@ -23,7 +23,7 @@ from ..config import Config
 from ..events import OVERSIZED, NOT_OBJECT, Rejected, parse_line
 from ..logs import RateLimitedLog
 from ..mapping import Mapper
-from ..store import Batch, SeriesWriter
+from ..store import FAULT_POSITIONS, FAULT_WRITE, Batch, SeriesWriter, StateWriteError
 from .state import StateDir
 
 log = logging.getLogger("mlsidecar.worker")
@@ -67,7 +67,39 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
                             cfg.limits.max_series_per_metric, writer.total_limit or 0)
 
     writer.on_limited = on_limited
+    for kind, _message in writer.faults:  # already logged by the writer
+        writer.inc(C.STATE_FAULTS, (identity, kind))
     return writer
+
+
+class StateHealth:
+    """Flushes that the state dir refuses (full disk, read-only): logged, counted, reported.
+
+    The flush is kept in memory and tried again at the next one, so nothing is lost and
+    nothing counted twice; meanwhile the worker's status carries the error, which makes
+    /readyz fail with it.
+    """
+
+    def __init__(self, identity: str, writer: SeriesWriter):
+        self.identity = identity
+        self.writer = writer
+        self.error = ""
+        self.log = RateLimitedLog(log, interval=60.0)
+
+    def flush(self, state=None) -> bool:
+        try:
+            self.writer.flush(state)
+        except StateWriteError as exc:
+            if not self.error:
+                self.writer.inc(C.STATE_FAULTS, (self.identity, FAULT_WRITE))
+            self.error = f"state dir: {exc.strerror or exc}; values kept in memory, retrying"
+            self.log.warning("state", "%s: %s; nothing is lost, retrying at every flush", self.identity,
+                           exc.strerror or exc)
+            return False
+        if self.error:
+            log.warning("%s: the state dir takes writes again; flushed", self.identity)
+            self.error = ""
+        return True
 
 
 def make_mapper(cfg: Config, batch: Batch) -> Mapper:
@@ -163,15 +195,28 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     stop = Stop()
     state = StateDir(cfg.state_dir)
     writer = make_writer(cfg, state, identity)
+    health = StateHealth(identity, writer)
     batch = Batch()
     mapper = make_mapper(cfg, batch)
     ingest = Ingest(cfg, mapper, batch, writer)
     journal = writer.journal_state or {}
     saved = journal.get("files", {})
+    # Values on disk but no positions for them (journal deleted or moved aside as corrupt):
+    # reading the files from their start would count every line again. Start at their end.
+    positions_lost = writer.journal_status != "ok" and writer.restored_values
+    if positions_lost:
+        log.warning("%s: metric values exist but the positions they belong to are gone (journal %s); "
+                    "reading the files on from their end: lines written while stopped are not "
+                    "counted, and nothing is counted twice", identity, writer.journal_status)
+        writer.inc(C.STATE_FAULTS, (identity, FAULT_POSITIONS))
     oversized_sources: list[str] = []
+
+    def on_gap(path: str, reason: str) -> None:
+        batch.inc(C.SOURCE_GAPS, (path, reason))
+
     tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
-                    saved_at=journal.get("time", 0.0),
-                    watch=cfg.sources.watch, on_oversized=oversized_sources.append)
+                    saved_at=journal.get("time", 0.0), start_at_end=positions_lost,
+                    watch=cfg.sources.watch, on_oversized=oversized_sources.append, on_gap=on_gap)
     stop.wake = tailer.wake
     flush_every = cfg.sources.flush_interval
     poll = cfg.sources.poll_interval
@@ -190,7 +235,9 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
             batch.inc(C.LINES_READ, (path,), n)
         bytes_read.clear()
         writer.apply(batch, now)
-        writer.flush({"files": tailer.positions(), "time": now})
+        # "time": when the directories were last listed; generations newer than that were
+        # not seen by this run, and a restart reads them.
+        health.flush({"files": tailer.positions(), "time": tailer.listed_at})
 
     try:
         while not stop.requested:
@@ -230,7 +277,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
                                  "bytes_behind": tailer.behind(tf), "rotated": tf.draining}
                                 for tf in tailer.readable()],
-                    "accepted": ingest.accepted, "rejected": ingest.rejected})
+                    "accepted": ingest.accepted, "rejected": ingest.rejected,
+                    **({"error": health.error} if health.error else {})})
                 last_status = now
             if not progressed:
                 # Idle: sleep until a file changes, a pending flush is due, or the rescan.
@@ -248,5 +296,12 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
 
 
 def write_status(state: StateDir, identity: str, role: str, extra: dict) -> None:
-    state.write_status(identity, {"identity": identity, "role": role, "pid": os.getpid(),
-                                  "updated": time.time(), **extra})
+    """Report for /readyz and the status page; a state dir that refuses it is logged, not fatal."""
+    try:
+        state.write_status(identity, {"identity": identity, "role": role, "pid": os.getpid(),
+                                      "updated": time.time(), **extra})
+    except OSError as exc:
+        _status_log.warning("status", "%s: cannot write its status: %s", identity, exc)
+
+
+_status_log = RateLimitedLog(log, interval=60.0)

@@ -2,44 +2,130 @@
 
 What it guarantees (docs/operations.md has the long form):
 
-* rename + create (logrotate's default): the renamed file is read to its end
-  before it is let go, then the new file is read from its start;
-* delete + recreate and truncation in place (``copytruncate``): noticed by
-  the inode, the size falling below the read position, or the first bytes
-  changing; the file is then read from its start. With ``copytruncate``, lines
-  written between logrotate's copy and its truncate exist only in the copy,
-  which is not read: they can be lost, never counted twice;
-* a line is handed on only once its newline has arrived; a line longer than
-  ``max_line_bytes`` is skipped to its newline without being held in memory;
-* positions identify a file by device + inode + its first bytes, so a new file
-  that reuses an inode is not mistaken for the old one, and a file renamed
-  while the sidecar was down is found again and finished.
+* a file is identified by device + inode *and by its content*: its first bytes (up to
+  ``HEAD_BYTES``, growing as the file grows, like OpenTelemetry's filelog receiver) and the
+  last bytes read before the position (up to ``TAIL_BYTES``). Lines of one writer that all
+  look alike still differ there (sequence numbers, timestamps), so a new file that reuses an
+  inode, a file rewritten in place, and logrotate's copy of a file are told apart;
+* rename + create (logrotate's default): the renamed file is read to its end before it is let
+  go, then the new file is read from its start; generations created and rotated away between
+  two looks (or while the sidecar was down) are found among the siblings and read whole;
+* ``copytruncate``: noticed when the bytes at the read position change; what had not been read
+  yet is finished from logrotate's copy, found by content. Lines written between logrotate's
+  copy and its truncate exist in neither file: lost, never counted twice, counted as a gap
+  where the sidecar saw them in the file before the truncate;
+* a generation known from the positions that was compressed while the sidecar was down
+  (``.gz``, ``.bz2``, ``.xz``) is found by content in the compressed file and finished there;
+* whatever could not be read (a generation deleted before it was finished, positions lost) is
+  reported through ``on_gap`` and logged, never silent;
+* a line is handed on only once its newline has arrived; a line longer than ``max_line_bytes``
+  is skipped to its newline without being held in memory.
 
-Change notification comes from watchdog (inotify) where it works; a rescan
-every ``poll_interval`` keeps all of the above true where it does not.
+Change notification comes from watchdog (inotify) where it works; a rescan every
+``poll_interval`` keeps all of the above true where it does not.
 """
 
 from __future__ import annotations
 
+import base64
+import bz2
 import glob
+import gzip
 import logging
+import lzma
 import os
+import shutil
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_BYTES = 64
+HEAD_BYTES = 1024  # how much of a file's start identifies it
+TAIL_BYTES = 1024  # how much before the read position verifies it
 READ_BYTES = 1 << 20
+MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
+MAX_COMPRESSED_TRIES = 4  # the newest compressed siblings looked into for a lost generation
 BOM = b"\xef\xbb\xbf"
+DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
+# Why part of a source could not be read (mlsidecar_source_gaps_total{reason}).
+GAP_DELETED = "deleted_unread"  # a known generation was removed before it was read to its end
+GAP_COPYTRUNCATE = "copytruncate_window"  # lines written between logrotate's copy and truncate
+GAP_TRUNCATED = "truncated_unread"  # truncated in place before its end was read, no copy found
+GAP_COMPRESSED = "compressed_unreadable"  # only a compressed copy is left, in a format not read
+GAP_POSITIONS = "positions_lost"  # values without positions: started at the end of the files
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+@dataclass
+class Identity:
+    """What a saved position knows about its file: where it was and what it looked like."""
+
+    path: str  # the tailed path the file was (or is) read as
+    dev: int
+    ino: int
+    offset: int
+    head: bytes  # the file's first bytes
+    tail: bytes  # the bytes just before ``offset``
+    size: int = 0  # the size last seen
+    skipping: bool = False
+    draining: bool = False
+
+    @classmethod
+    def from_position(cls, pos: dict) -> "Identity":
+        if "head" in pos:
+            head, tail = base64.b64decode(pos["head"]), base64.b64decode(pos.get("tail", ""))
+        else:  # positions written by an older version: hex, 64 bytes
+            head, tail = bytes.fromhex(pos.get("fingerprint", "")), bytes.fromhex(pos.get("tail", ""))
+        return cls(pos["path"], int(pos["dev"]), int(pos["ino"]), int(pos["offset"]), head, tail,
+                   int(pos.get("size", pos["offset"])), bool(pos.get("skipping", False)),
+                   bool(pos.get("draining", False)))
+
+    def same_file(self, fd: int) -> bool:
+        """Does ``fd`` (this inode, or a copy) hold what we read, up to ``offset``?"""
+        size = os.fstat(fd).st_size
+        if size < self.offset:
+            return False
+        if os.pread(fd, len(self.head), 0) != self.head:
+            return False
+        return os.pread(fd, len(self.tail), self.offset - len(self.tail)) == self.tail
+
+    def copy_kind(self, fd: int) -> str | None:
+        """Is ``fd`` a copy of this file? "behind": it goes on past ``offset`` (read the rest
+        from it); "covered": it holds no more than was read; None: another file."""
+        size = os.fstat(fd).st_size
+        n = min(len(self.head), size)
+        if n == 0 or os.pread(fd, n, 0) != self.head[:n]:
+            return None
+        if size >= self.offset:
+            if not self.tail and self.offset > len(self.head):
+                return None  # nothing to check the position by
+            if os.pread(fd, len(self.tail), self.offset - len(self.tail)) != self.tail:
+                return None
+            return "behind" if size > self.offset else "covered"
+        # Shorter than what was read: a copy taken before we read on (copytruncate).
+        start = self.offset - len(self.tail)
+        if size > start and os.pread(fd, size - start, start) != self.tail[:size - start]:
+            return None
+        return "covered"
 
 
 class TailedFile:
-    """One open file and how far it has been read."""
+    """One open file and how far it has been read.
 
-    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int = 0, fingerprint: str = ""):
+    ``dev``/``ino`` name the generation being read; ``fd`` is normally that inode, or a
+    decompressed copy of it when only a compressed copy was left.
+    """
+
+    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int = 0, name: str = ""):
         self.path = path
+        self.name = name or path  # the file actually read (a rotated sibling, a copy)
         self.fd = fd
         self.dev = st.st_dev
         self.ino = st.st_ino
@@ -47,56 +133,79 @@ class TailedFile:
         self.read_to = offset  # bytes read, including the held partial line
         self.partial = b""
         self.skipping = False  # inside an oversized line: drop bytes until its newline
-        self.fingerprint = fingerprint
         self.size = st.st_size
         self.draining = False  # rotated away: read to EOF, then close
-        self.tail = b""  # the last bytes consumed, to recognise logrotate's copy of this file
+        self.head = b""
+        self.tail = b""
+        self.decompressed = False  # fd is a private decompressed copy: nobody rewrites it
         self.lines = 0
         self.rejected = 0
         self.last_data = time.monotonic()
+        self.load_identity()
+
+    def load_identity(self) -> None:
+        """Head and tail as they are in the file now (after it was verified, or at 0)."""
+        self.head = os.pread(self.fd, min(HEAD_BYTES, max(self.offset, self.read_to)), 0)
+        n = min(TAIL_BYTES, self.offset)
+        self.tail = os.pread(self.fd, n, self.offset - n)
+
+    def identity(self) -> Identity:
+        return Identity(self.path, self.dev, self.ino, self.offset, self.head, self.tail,
+                        max(self.size, self.read_to), self.skipping, self.draining)
 
     def position(self) -> dict:
         return {"path": self.path, "dev": self.dev, "ino": self.ino, "offset": self.offset,
-                "fingerprint": self.fingerprint, "skipping": self.skipping, "tail": self.tail.hex()}
+                "head": _b64(self.head), "tail": _b64(self.tail), "size": max(self.size, self.read_to),
+                "skipping": self.skipping, "draining": self.draining}
+
+    def unchanged(self) -> bool:
+        """Are the bytes already read still there? False after a truncate or a rewrite."""
+        if self.decompressed:
+            return True
+        if os.fstat(self.fd).st_size < self.read_to:
+            return False
+        if self.head and os.pread(self.fd, len(self.head), 0) != self.head:
+            return False
+        n = len(self.tail)
+        return not n or os.pread(self.fd, n, self.offset - n) == self.tail
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
-    def refresh_fingerprint(self) -> None:
-        if len(self.fingerprint) < FINGERPRINT_BYTES * 2:
-            self.fingerprint = os.pread(self.fd, FINGERPRINT_BYTES, 0).hex()
-
-    def same_start(self) -> bool:
-        """Do the file's first bytes still match what was fingerprinted?"""
-        if not self.fingerprint:
-            return True
-        n = len(self.fingerprint) // 2
-        return os.pread(self.fd, n, 0).hex() == self.fingerprint
-
 
 class Tailer:
     """Reads every file matching some glob patterns, line by line, exactly once.
 
-    ``on_oversized(path)`` is called for every line skipped for its length.
+    ``on_oversized(path)`` is called for every line skipped for its length, ``on_gap(path,
+    reason)`` for every part of a source that could not be read.
+    ``start_at_end``: open the files found at the first look at their end (positions lost).
     """
 
     def __init__(self, patterns: list[str], *, max_line_bytes: int = 256 * 1024,
                  positions: dict | None = None, saved_at: float = 0.0, watch: str = "auto",
-                 on_oversized=None):
+                 on_oversized=None, on_gap=None, start_at_end: bool = False):
         self.patterns = list(patterns)
         self.max_line_bytes = max_line_bytes
         self.files: dict[str, TailedFile] = {}
         self.retired: list[TailedFile] = []  # rotated away, being drained
         self.on_oversized = on_oversized or (lambda path: None)
+        self.on_gap = on_gap or (lambda path, reason: None)
         self.wake = threading.Event()
         self.rescan = True
         self.watch_mode = "poll"
         self._observer = None
-        self._saved = dict(positions or {})
-        self._saved_at = saved_at  # when those positions were written
-        self._last_scan = time.time()
+        self._saved: list[Identity] = []
+        for pos in (positions or {}).values():
+            try:
+                self._saved.append(Identity.from_position(pos))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring an unreadable saved position %.200r: %s", pos, exc)
+        self._saved_at = saved_at  # when the directories were last listed before those positions
+        self.listed_at = saved_at or time.time()  # the start of the last look at the directories
+        self._start_at_end = start_at_end
+        self._changed: set[str] = set()  # truncated since the last scan (found while reading)
         if watch in ("auto", "inotify"):
             self._start_watching(required=watch == "inotify")
 
@@ -169,11 +278,13 @@ class Tailer:
     def scan(self) -> None:
         """Open new files, notice rotations, truncations and deletions."""
         self.rescan = False
-        since, self._last_scan = self._last_scan, time.time()
+        started = time.time()
+        since = self.listed_at
         if self._saved:
             self._resume_saved()
         matched = set(self.matched_paths())
-        rotated = []
+        changed = sorted(self._changed)
+        self._changed.clear()
         for path, tf in list(self.files.items()):
             try:
                 st = os.stat(path)
@@ -182,108 +293,257 @@ class Tailer:
             if st is None or (st.st_dev, st.st_ino) != (tf.dev, tf.ino):
                 # Renamed away or deleted: finish what was written to it, then let go.
                 del self.files[path]
-                tf.draining = True
-                self.retired.append(tf)
-                rotated.append(path)
+                self._retire(tf, path)
+                changed.append(path)
                 log.info("%s rotated; reading the rest of the old file", path)
                 continue
+            if not tf.unchanged():
+                self._truncated(tf)
+                changed.append(path)
             tf.size = st.st_size
-            if st.st_size < tf.read_to or (tf.offset and not tf.same_start()):
-                log.info("%s truncated; reading from the start", path)
-                self._recover_copy(tf)
-                self._restart(tf)
-        if rotated:
-            # Rotated twice since the last scan: the middle generation was never seen.
-            self._read_unseen(rotated, [tf.position() for tf in self.readable()], since)
+        if changed:
+            # Rotated twice since the last look: the middle generation was never seen.
+            self._read_unseen(sorted(set(changed)), since)
+        at_end, self._start_at_end = self._start_at_end, False
         for path in sorted(matched - set(self.files)):
-            self._open(path)
+            tf = self._open(path)
+            if tf is not None and at_end:
+                self._skip_to_end(tf)
+        self.listed_at = started
 
-    def _restart(self, tf: TailedFile) -> None:
+    def _skip_to_end(self, tf: TailedFile) -> None:
+        """Start after the last complete line (the positions of the last run are lost)."""
+        size = os.fstat(tf.fd).st_size
+        start = max(0, size - READ_BYTES)
+        nl = os.pread(tf.fd, size - start, start).rfind(b"\n")
+        end = start + nl + 1 if nl >= 0 else size
+        if end:
+            tf.offset = tf.read_to = end
+            tf.skipping = nl < 0  # inside a line longer than we looked back: skip to its end
+            tf.load_identity()
+            log.warning("%s: positions of the last run are lost; starting after its last line "
+                        "(%d bytes not counted again)", tf.path, end)
+            self.on_gap(tf.path, GAP_POSITIONS)
+
+    def _truncated(self, tf: TailedFile) -> None:
+        """The bytes we read are gone from the file: finish from a copy, then read from 0."""
+        log.info("%s truncated or rewritten; reading it from the start", tf.path)
+        self._finish_from_copy(tf.identity(), tf.path)
         tf.offset = tf.read_to = 0
         tf.partial = b""
-        tf.tail = b""
         tf.skipping = False
-        tf.fingerprint = ""
+        tf.head = tf.tail = b""
+        tf.size = os.fstat(tf.fd).st_size
+        self._changed.add(tf.path)
+        self.rescan = True
 
-    def _open(self, path: str, offset: int = 0, fingerprint: str = "", skipping: bool = False,
-              truncated=None, tail: bytes = b""):
+    def _open(self, path: str, offset: int = 0, name: str = "") -> TailedFile | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(name or path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot open %s: %s", path, exc)
+            log.warning("cannot open %s: %s", name or path, exc)
             return None
-        st = os.fstat(fd)
-        tf = TailedFile(path, fd, st, offset, fingerprint)
-        tf.skipping = skipping
-        tf.tail = tail
-        if offset and (st.st_size < offset or not tf.same_start()):
-            if truncated is not None:
-                truncated(tf)
-            self._restart(tf)
+        tf = TailedFile(path, fd, os.fstat(fd), offset, name)
         self.files[path] = tf
         return tf
 
     def _resume_saved(self) -> None:
-        """Pick up the positions of the last run, including files rotated meanwhile."""
-        saved, self._saved = self._saved, {}
+        """Pick up the positions of the last run, including files rotated or copied meanwhile."""
+        saved, self._saved = self._saved, []
         rotated: set[str] = set()
-        for pos in saved.values():
-            path = pos["path"]
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_dev, st.st_ino) == (pos["dev"], pos["ino"]):
-                tail = bytes.fromhex(pos.get("tail", ""))
-                self._open(path, pos["offset"], pos["fingerprint"], pos.get("skipping", False),
-                           truncated=lambda tf: self._recover_copy(tf, tail), tail=tail)
+        for ident in saved:
+            path = ident.path
+            found = self._resume_in_place(ident)
+            if found == "resumed":
                 continue
-            # Rotated while we were down: look for the old inode beside it and finish it.
-            old = self._find_inode(os.path.dirname(path) or ".", pos["dev"], pos["ino"])
-            if old is not None:
-                tf = self._open(old, pos["offset"], pos["fingerprint"], pos.get("skipping", False))
-                if tf is not None:
-                    del self.files[old]
-                    if tf.offset == 0 and pos["offset"]:
-                        tf.close()  # not the same file after all
-                    else:
-                        self._retire(tf, path)
-                        log.info("%s was rotated to %s while stopped; finishing it", path, old)
             rotated.add(path)
+            if found == "changed":
+                continue
+            old = self._find_inode(os.path.dirname(path) or ".", ident.dev, ident.ino)
+            if old is not None:
+                tf = self._open_verified(ident, old)
+                if tf is not None:
+                    self._retire(tf, path)
+                    log.info("%s was rotated to %s while stopped; finishing it", path, old)
+                    continue
+            if self._finish_from_copy(ident, path):
+                continue
+            if ident.draining and ident.size <= ident.offset:
+                continue  # read to its end before the stop; nothing was lost with it
+            log.warning("%s: the file read up to byte %d (inode %d) is gone and no copy of it was "
+                        "found; what was written to it after that is lost", path, ident.offset,
+                        ident.ino)
+            self.on_gap(path, GAP_DELETED)
         # Generations created and rotated away while we were down were never seen.
-        self._read_unseen(sorted(rotated), list(saved.values()), self._saved_at)
+        self._read_unseen(sorted(rotated), self._saved_at)
 
-    def _read_unseen(self, paths: list[str], positions: list[dict], since: float) -> None:
+    def _resume_in_place(self, ident: Identity) -> str | None:
+        """The saved file is still at its path: go on from the position ("resumed"), or, when
+        its content changed (truncated, rewritten, a new file on the same inode), finish it from
+        a copy and let the scan read the path from its start ("changed"). None: not there."""
+        try:
+            st = os.stat(ident.path)
+        except FileNotFoundError:
+            return None
+        if (st.st_dev, st.st_ino) != (ident.dev, ident.ino):
+            return None
+        tf = self._open_verified(ident, ident.path)
+        if tf is not None:
+            self.files[ident.path] = tf
+            return "resumed"
+        log.info("%s changed while stopped (truncated or replaced); reading it from the start",
+                 ident.path)
+        self._finish_from_copy(ident, ident.path)
+        return "changed"
+
+    def _open_verified(self, ident: Identity, name: str) -> TailedFile | None:
+        """Open ``name`` at the saved position if it holds what was read; else None."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            ok = ident.same_file(fd)
+        except OSError:
+            ok = False
+        if not ok:
+            os.close(fd)
+            return None
+        tf = TailedFile(ident.path, fd, os.fstat(fd), ident.offset, name)
+        tf.skipping = ident.skipping
+        return tf
+
+    def _finish_from_copy(self, ident: Identity, path: str) -> bool:
+        """Find a copy of a file we read up to ``ident.offset`` (logrotate's copytruncate copy,
+        or a compressed generation) and read the rest from it. Count what is known lost."""
+        if not ident.offset:
+            return False
+        open_inodes = {(tf.dev, tf.ino) for tf in self.readable()}
+        compressed_tries = 0
+        for st, sibling in sorted(self._siblings(path), key=lambda x: -x[0].st_mtime):
+            key = (st.st_dev, st.st_ino)
+            if key == (ident.dev, ident.ino) or key in open_inodes or st.st_size == 0:
+                continue
+            if sibling.endswith(COMPRESSED):
+                compressed_tries += 1
+                if compressed_tries > MAX_COMPRESSED_TRIES:
+                    continue
+            fd = self._open_sibling(sibling)
+            if fd is None:
+                continue
+            try:
+                kind = ident.copy_kind(fd)
+            except OSError:
+                kind = None
+            if kind is None:
+                os.close(fd)
+                continue
+            size = os.fstat(fd).st_size
+            compressed = sibling.endswith(COMPRESSED)
+            stat_for = os.stat_result((0, ident.ino, ident.dev, 0, 0, 0, size, 0, 0, 0)) \
+                if compressed else os.fstat(fd)
+            tf = TailedFile(path, fd, stat_for, min(ident.offset, size), sibling)
+            tf.decompressed = compressed
+            self._retire(tf, path)
+            lost = ident.size - max(size, ident.offset)
+            if lost > 0:
+                log.warning("%s: %d bytes written before logrotate's truncate are not in its copy "
+                            "%s: lost", path, lost, sibling)
+                self.on_gap(path, GAP_COPYTRUNCATE)
+            if kind == "behind":
+                log.info("%s: reading the rest from logrotate's copy %s", path, sibling)
+            return True
+        if ident.size > ident.offset:
+            log.warning("%s: truncated before %d bytes were read, and no copy was found: lost",
+                        path, ident.size - ident.offset)
+            self.on_gap(path, GAP_TRUNCATED)
+        elif any(s.endswith(COMPRESSED[3:]) for _, s in self._siblings(path)):
+            self.on_gap(path, GAP_COMPRESSED)
+        return False
+
+    def _open_sibling(self, name: str) -> int | None:
+        """A descriptor on ``name``; for a compressed file, on a private decompressed copy."""
+        opener = next((o for ext, o in DECOMPRESS.items() if name.endswith(ext)), None)
+        try:
+            if opener is None:
+                if name.endswith(COMPRESSED):
+                    return None
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            out = tempfile.TemporaryFile(prefix="mlsidecar-decompressed-")
+            with opener(name, "rb") as src:
+                shutil.copyfileobj(src, out, READ_BYTES)
+            fd = os.dup(out.fileno())
+            out.close()
+            return fd
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            log.warning("cannot read %s: %s", name, exc)
+            return None
+
+    def _read_unseen(self, paths: list[str], since: float) -> None:
         """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
-        that are neither open nor a copy of a file with one of ``positions``."""
-        known = {(p["dev"], p["ino"]) for p in positions}
-        known.update((tf.dev, tf.ino) for tf in self.readable())
-        copies_of = [(p["fingerprint"], p["offset"], bytes.fromhex(p.get("tail", "")))
-                     for p in positions if p.get("fingerprint")]
+        that are neither open nor a copy of an open file."""
+        known = {(tf.dev, tf.ino) for tf in self.readable()}
         for path in paths:
             try:
                 st = os.stat(path)
                 known.add((st.st_dev, st.st_ino))
             except FileNotFoundError:
                 pass
-            for sibling in self._unseen_generations(path, known, copies_of, since):
-                tf = self._open(sibling)
-                if tf is not None:
-                    del self.files[sibling]
-                    known.add((tf.dev, tf.ino))
-                    self._retire(tf, path)
-                    log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
+            for mtime, sibling in self._unseen_generations(path, known, since):
+                fd = self._open_sibling(sibling)
+                if fd is None:
+                    continue
+                st = os.fstat(fd)
+                tf = TailedFile(path, fd, st, 0, sibling)
+                if sibling.endswith(COMPRESSED):
+                    tf.decompressed = True
+                    orig = os.stat(sibling)
+                    tf.dev, tf.ino = orig.st_dev, orig.st_ino
+                known.add((tf.dev, tf.ino))
+                self._retire(tf, path)
+                log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
+
+    def _unseen_generations(self, path: str, known: set, since: float) -> list[tuple[float, str]]:
+        """Rotated siblings written after ``since`` that we never had open.
+
+        A compressed sibling that holds the bytes of a file we have open is that file's
+        compressed copy (``compress`` without ``delaycompress``), not a new generation.
+        logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
+        truncate is seen, and are open by then.
+        """
+        found = []
+        idents = [tf.identity() for tf in self.readable()]
+        for st, p in self._siblings(path):
+            if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
+                continue
+            if not p.endswith(COMPRESSED):
+                found.append((st.st_mtime, p))
+                continue
+            fd = self._open_sibling(p)
+            if fd is None:
+                continue
+            try:
+                if any(i.copy_kind(fd) for i in idents):
+                    continue
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            found.append((st.st_mtime, p))
+        return sorted(found)
 
     def _retire(self, tf: TailedFile, path: str) -> None:
+        if self.files.get(path) is tf:
+            del self.files[path]
         tf.path = path
         tf.draining = True
         self.retired.append(tf)
 
     @staticmethod
     def _siblings(path: str) -> list[tuple[os.stat_result, str]]:
-        """Uncompressed rotated siblings of a file (``app.jsonl.1``, ``app.jsonl-20261126``)."""
+        """Rotated siblings of a file (``app.jsonl.1``, ``app.jsonl.2.gz``, ``app.jsonl-20261126``)."""
         directory, base = os.path.split(path)
         found = []
         try:
@@ -291,55 +551,11 @@ class Tailer:
                 for entry in it:
                     name = entry.name
                     if (name.startswith(base + ".") or name.startswith(base + "-")) \
-                            and not name.endswith(COMPRESSED) and entry.is_file(follow_symlinks=False):
+                            and entry.is_file(follow_symlinks=False):
                         found.append((entry.stat(follow_symlinks=False), entry.path))
         except OSError:
             return []
         return found
-
-    def _unseen_generations(self, path: str, skip: set, copies_of: list, since: float) -> list[str]:
-        """Rotated siblings written after our last flush that we never had open.
-
-        A sibling that starts like a file we have a position in is a copytruncate copy of
-        it, not a new generation: _recover_copy reads its unread part, nothing else does.
-        """
-        found = []
-        for st, p in self._siblings(path):
-            if (st.st_dev, st.st_ino) in skip or st.st_mtime <= since:
-                continue
-            try:
-                if any(_is_copy(p, st, *known_file) for known_file in copies_of):
-                    continue
-            except OSError:
-                continue
-            found.append((st.st_mtime, p))
-        return [p for _, p in sorted(found)]
-
-    def _recover_copy(self, tf: TailedFile, tail: bytes | None = None) -> None:
-        """After a copytruncate, finish the unread part of the file from logrotate's copy.
-
-        The newest sibling that starts with the same bytes as the file we were reading is
-        the copy; what we had not read yet is in it, from our offset on. Only lines written
-        between logrotate's copy and its truncate are then lost.
-        """
-        if not tf.offset or not tf.fingerprint:
-            return
-        if tail is not None:
-            tf.tail = tail
-        for st, sibling in sorted(self._siblings(tf.path), key=lambda x: -x[0].st_mtime):
-            if (st.st_dev, st.st_ino) == (tf.dev, tf.ino) or st.st_size < tf.offset:
-                continue
-            try:
-                if not _is_copy(sibling, st, tf.fingerprint, tf.offset, tf.tail):
-                    continue
-            except OSError:
-                continue
-            copy = self._open(sibling, tf.offset, tf.fingerprint)
-            if copy is not None:
-                del self.files[sibling]
-                self._retire(copy, tf.path)
-                log.info("%s: reading the rest from logrotate's copy %s", tf.path, sibling)
-            return
 
     @staticmethod
     def _find_inode(directory: str, dev: int, ino: int) -> str | None:
@@ -362,21 +578,26 @@ class Tailer:
         data = os.pread(tf.fd, limit, tf.read_to)
         if not data:
             return []
-        if tf.read_to == 0:
-            if data.startswith(BOM):
-                data = data[3:]
-                tf.offset = tf.read_to = 3
-            tf.refresh_fingerprint()
-        elif len(tf.fingerprint) < FINGERPRINT_BYTES * 2:
-            tf.refresh_fingerprint()
+        if tf.offset and not tf.unchanged():
+            # Truncated (copytruncate) or rewritten since the last read: these bytes are not
+            # the continuation of what was read. The next scan reads the file from its start.
+            self._truncated(tf)
+            return []
+        if tf.read_to == 0 and data.startswith(BOM):
+            data = data[3:]
+            tf.offset = tf.read_to = 3
+        if len(tf.head) < HEAD_BYTES:
+            tf.head = os.pread(tf.fd, HEAD_BYTES, 0)[:tf.read_to + len(data)]
         tf.read_to += len(data)
         tf.last_data = time.monotonic()
         if tf.skipping:
             nl = data.find(b"\n")
             if nl < 0:
                 tf.offset = tf.read_to
+                tf.tail = (tf.tail + data)[-TAIL_BYTES:]
                 return []
             tf.skipping = False
+            tf.tail = (tf.tail + data[:nl + 1])[-TAIL_BYTES:]
             data = data[nl + 1:]
             tf.offset = tf.read_to - len(data)
         buf = tf.partial + data if tf.partial else data
@@ -387,13 +608,15 @@ class Tailer:
                 tf.partial = b""
                 tf.skipping = True
                 tf.offset = tf.read_to
+                tf.tail = (tf.tail + buf)[-TAIL_BYTES:]
             else:
                 tf.partial = buf
             return []
-        tf.tail = (tf.tail + buf[max(0, end + 1 - FINGERPRINT_BYTES):end + 1])[-FINGERPRINT_BYTES:]
+        tf.tail = (tf.tail + buf[max(0, end + 1 - TAIL_BYTES):end + 1])[-TAIL_BYTES:]
         tail = buf[end + 1:]
         if len(tail) > self.max_line_bytes:
             self._oversized(tf)
+            tf.tail = (tf.tail + tail)[-TAIL_BYTES:]
             tail = b""
             tf.skipping = True
         tf.partial = tail
@@ -415,28 +638,19 @@ class Tailer:
         file, so a rotated file is kept until it goes quiet, not just to EOF.
         """
         for tf in list(self.retired):
-            if tf.last_data < now - quiet:
+            if tf.last_data < now - quiet and (tf.decompressed or tf.read_to >= os.fstat(tf.fd).st_size):
                 self.retired.remove(tf)
                 tf.close()
 
     def positions(self) -> dict:
         out = {f"{tf.dev}:{tf.ino}": tf.position() for tf in self.readable()}
         # Saved positions not yet resumed stay until they are.
-        for k, v in self._saved.items():
-            out.setdefault(k, v)
+        for ident in self._saved:
+            out.setdefault(f"{ident.dev}:{ident.ino}", {
+                "path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
+                "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
+                "skipping": ident.skipping, "draining": ident.draining})
         return out
 
     def behind(self, tf: TailedFile) -> int:
         return max(0, tf.size - tf.offset)
-
-
-def _is_copy(path: str, st: os.stat_result, fingerprint: str, offset: int, tail: bytes) -> bool:
-    """Does ``path`` hold a copy of a file we read up to ``offset``? The same first bytes,
-    and the same bytes just before that offset (what we last read)."""
-    if st.st_size < offset:
-        return False
-    with open(path, "rb") as fh:
-        if fh.read(len(fingerprint) // 2).hex() != fingerprint:
-            return False
-        fh.seek(offset - len(tail))
-        return fh.read(len(tail)) == tail
