@@ -183,7 +183,8 @@ def main() -> int:
                 h_cold, h_warm, h_text = http_times(d.url + "/metrics", args.repeat)
             finally:
                 d.stop()
-            r_n = count_samples(r_text) - 1  # less mlsidecar_scrape_files_skipped
+            # less the reader's own mlsidecar_multiproc_{files,keys}_skipped_total samples
+            r_n = count_samples(r_text) - sum(1 for ln in r_text.splitlines() if ln.startswith("mlsidecar_multiproc_"))
             m_n = count_samples(m_text)
             sums = [sample_sum(t, "ml_predictions_total") for t in (r_text, m_text, h_text)]
             ok = r_n == m_n == facts["samples"] and all(s == facts["predictions"] for s in sums)
