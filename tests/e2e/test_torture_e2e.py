@@ -24,7 +24,8 @@ def test_alike_lines_through_fast_rotation_and_kill_bursts(mode, tmp_path):
     r = torture(mode, opts, str(tmp_path), log=lambda *a: None)
     summary = (f"{mode}: written {r['written']}, counted {r['counted']:.0f}, kills {r['kills']} "
                f"({r['bursts']} bursts), rotations {r['rotations']} ({r['rotations_down']} while down), "
-               f"gaps {r['gaps']:.0f}, rejected {r['rejected']:.0f}; log {r['log']}")
+               f"gaps {r['gaps']:.0f}, rejected {r['rejected']:.0f}, lines on disk {r['on_disk']}; "
+               f"log {r['log']}")
     print(summary)
     assert r["kills"] >= 8 and r["rotations"] >= 15, summary
     assert r["rejected"] == 0, summary
@@ -33,4 +34,6 @@ def test_alike_lines_through_fast_rotation_and_kill_bursts(mode, tmp_path):
         assert r["gaps"] == 0, summary
     else:
         assert r["counted"] <= r["written"], summary
-        assert r["counted"] >= 0.99 * r["written"], summary
+        # Lines written between logrotate's copy and its truncate are on disk nowhere: at least
+        # 99 % of the lines, or, when logrotate itself lost more, every line it kept.
+        assert r["counted"] >= min(0.99 * r["written"], r["on_disk"]), summary
