@@ -28,6 +28,7 @@ from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
 from .logs import RateLimitedLog
 from .runtime.state import StateDir
+from .exemplars import ExemplarReader
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger("mlsidecar.server")
@@ -36,7 +37,7 @@ STALE_AFTER = 10.0  # a worker whose status is older than this is not ready
 
 
 # Why the HTTP server refused a connection or request (mlsidecar_http_rejected_total{reason}).
-REJECT_REASONS = ("connection_limit", "fd_limit", "auth_busy", "auth_failed")
+REJECT_REASONS = ("connection_limit", "evicted_idle", "fd_limit", "auth_busy", "auth_failed")
 
 
 class _Rendered:
@@ -58,6 +59,7 @@ class Server:
         self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock,
                                     expiry=C.expiry(dict(cfg.expire)))
         self.self_metrics = SelfMetrics()
+        self.reader.exemplars = ExemplarReader(state.root)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")
         self.started = clock()
         self.scrapes = 0
@@ -124,12 +126,17 @@ class Server:
 
     # --- health -------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
+        # Unhealthy when the state dir cannot be written at all (read-only, permissions): the
+        # sidecar cannot keep values or positions, and a restart may bring a writable mount.
+        unwritable = [p for p in self.state.problems() if "not writable" in p]
+        if unwritable:
+            return web.Response(status=503, text="unhealthy\n" + "".join(f"- {p}\n" for p in unwritable))
         return web.Response(text="ok\n")
 
     def readiness(self) -> tuple[bool, list[str]]:
         statuses = self.state.read_statuses()
         now = self.clock()
-        problems = []
+        problems = self.state.problems()
         for identity in self.expected:
             st = statuses.get(identity)
             if st is None:
@@ -208,13 +215,19 @@ class _Counted(asyncio.Protocol):
         self.inner = inner
         self.acceptor = acceptor
         self.counted = True
+        self.transport = None
+        self.busy = 0  # requests of this connection inside a handler now
 
     def release(self) -> None:
         if self.counted:
             self.counted = False
             self.acceptor.open -= 1
+        if self.transport is not None:
+            self.acceptor.live.pop(self.transport, None)
 
     def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.acceptor.live[transport] = self
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -237,10 +250,14 @@ class _Counted(asyncio.Protocol):
 class Acceptor:
     """Accepts on the scrape port itself, so the number of open connections is bounded.
 
-    aiohttp and asyncio have no connection limit. Here a connection beyond
-    ``limit`` (TLS handshakes in progress included) is answered 503 and closed
-    at once, and running out of descriptors pauses accepting for a moment
-    instead of spinning; both are counted and logged at most once a minute.
+    aiohttp and asyncio have no connection limit. Here, at ``limit`` open
+    connections (TLS handshakes in progress included), the one that has been
+    idle longest (no request inside a handler: a half-sent request head, a
+    keep-alive between scrapes) is closed to make room, so slow clients cannot
+    keep a probe or a scrape out; only when every connection is busy is the new
+    one answered 503 and closed. Running out of descriptors pauses accepting
+    for a moment instead of spinning. All are counted, and logged at most once
+    a minute.
     """
 
     def __init__(self, sock: socket.socket, factory, ssl_context, limit: int, handshake_timeout: float,
@@ -252,8 +269,37 @@ class Acceptor:
         self.handshake_timeout = handshake_timeout
         self.on_reject = on_reject
         self.open = 0
+        # Connected transports, least recently active first.
+        self.live: dict[object, _Counted] = {}
         self.warn = RateLimitedLog(log, 60.0)
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def middleware(self):
+        """Marks a connection busy while one of its requests is in a handler."""
+
+        @web.middleware
+        async def track_busy(request, handler):
+            conn = self.live.get(request.transport)
+            if conn is None:
+                return await handler(request)
+            conn.busy += 1
+            try:
+                return await handler(request)
+            finally:
+                conn.busy -= 1
+                if self.live.pop(request.transport, None) is conn:
+                    self.live[request.transport] = conn  # now the most recently active
+
+        return track_busy
+
+    def _evict_idle(self) -> bool:
+        for transport, conn in self.live.items():
+            if not conn.busy:
+                del self.live[transport]
+                transport.abort()  # connection_lost follows, and releases its count
+                return True
+        return False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -272,11 +318,16 @@ class Acceptor:
                     await asyncio.sleep(0.05)
                 continue
             if self.open >= self.limit:
-                self.on_reject("connection_limit")
-                self.warn.warning("limit", "scrape port: %d connections open (server.max_connections); "
-                                           "refusing new ones", self.open)
-                self._refuse(conn)
-                continue
+                if self._evict_idle():
+                    self.on_reject("evicted_idle")
+                    self.warn.warning("evict", "scrape port: %d connections open (server.max_connections); "
+                                               "closing the longest idle ones to make room", self.open)
+                else:
+                    self.on_reject("connection_limit")
+                    self.warn.warning("limit", "scrape port: %d connections open (server.max_connections), "
+                                               "all busy; refusing new ones", self.open)
+                    self._refuse(conn)
+                    continue
             self.open += 1
             task = asyncio.ensure_future(self._serve(conn))
             self._tasks.add(task)
@@ -339,11 +390,12 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # keepalive_timeout is also how long aiohttp waits for a request head: a client that
         # sends a partial request (or nothing) is closed after header_timeout.
-        runner = web.AppRunner(server.app(middlewares), access_log=None, handle_signals=False,
-                               keepalive_timeout=cfg.server.header_timeout)
-        await runner.setup()
-        acceptor = Acceptor(sock, runner.server, ssl_context, cfg.server.max_connections,
+        acceptor = Acceptor(sock, None, ssl_context, cfg.server.max_connections,
                             cfg.server.header_timeout, server.count_rejected)
+        runner = web.AppRunner(server.app([acceptor.middleware, *middlewares]), access_log=None,
+                               handle_signals=False, keepalive_timeout=cfg.server.header_timeout)
+        await runner.setup()
+        acceptor.factory = runner.server
         accepting = asyncio.ensure_future(acceptor.run())
         log.info("serving %s on %s", cfg.server.telemetry_path, cfg.server.listen)
         await stop.wait()

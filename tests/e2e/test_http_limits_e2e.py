@@ -88,28 +88,79 @@ def closed_by_server(conn) -> bytes | None:
     return data
 
 
-def test_slow_partial_requests_cannot_hold_the_port(tmp_path, sidecar_factory):
+def test_slow_partial_requests_cannot_keep_probes_and_scrapes_out(tmp_path, sidecar_factory):
     from tests.harness import wait_for
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[server]\nmax_connections = 20\nheader_timeout = 1.0\n")
+    cfg.write_text("[server]\nmax_connections = 20\nheader_timeout = 60.0\n")  # the limit must do it
     sc = sidecar_factory(config=str(cfg)).start()
     slow = open_slow(sc.port, 20)
-    excess = open_slow(sc.port, 10)
     try:
-        # Over the limit: answered 503 and closed at once, not queued behind the slow ones.
-        answers = [wait_for(lambda c=c: closed_by_server(c), timeout=10, what="503 for an excess connection")
-                   for c in excess]
-        assert all(a.startswith(b"HTTP/1.1 503") for a in answers)
-        # The slow ones are cut off after header_timeout, though the client never gives up.
-        for c in slow:
-            assert wait_for(lambda c=c: closed_by_server(c) is not None, timeout=15, what="slow one closed")
-        status, _, _ = sc.get("/healthz")
+        # Every slot is held by a client that never finishes its request: a probe still gets in,
+        # because the longest idle connection is closed to make room for it.
+        assert sc.get("/healthz")[0] == 200
+        slow += open_slow(sc.port, 20)  # a second wave pushes out the first
+        status, _, body = sc.get("/metrics")
         assert status == 200
-        s = parse(sc.metrics_text())
-        assert total(s, "mlsidecar_http_rejected_total", reason="connection_limit") >= 10
+        s = parse(body.decode())
+        assert total(s, "mlsidecar_http_rejected_total", reason="evicted_idle") >= 21
+        assert total(s, "mlsidecar_http_rejected_total", reason="connection_limit") == 0
+        first_wave_closed = [wait_for(lambda c=c: closed_by_server(c) is not None, timeout=10,
+                                      what="a slow connection closed") for c in slow[:20]]
+        assert all(first_wave_closed)
     finally:
-        for c in slow + excess:
+        for c in slow:
             c.close()
+
+
+def test_a_partial_request_head_is_cut_off_after_header_timeout(tmp_path, sidecar_factory):
+    from tests.harness import wait_for
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nheader_timeout = 1.0\n")
+    sc = sidecar_factory(config=str(cfg)).start()
+    slow = open_slow(sc.port, 5)
+    try:
+        for c in slow:  # the client never gives up; the server does
+            assert wait_for(lambda c=c: closed_by_server(c) is not None, timeout=15, what="slow one closed")
+    finally:
+        for c in slow:
+            c.close()
+    assert sc.get("/healthz")[0] == 200
+
+
+def test_when_every_connection_is_busy_a_new_one_gets_503(tmp_path, sidecar_factory):
+    import base64
+    import socket
+    import time
+
+    import bcrypt
+    from tests.harness import wait_for
+    slow_hash = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(13)).decode()  # each check takes a while
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prometheus: {slow_hash}\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nmax_connections = 3\n")
+    sc = sidecar_factory("--web.config.file", str(web), config=str(cfg)).start()
+    busy = []
+    for i in range(3):  # three requests waiting for their (serial) bcrypt checks: all busy
+        c = socket.create_connection(("127.0.0.1", sc.port), timeout=30)
+        token = base64.b64encode(f"prometheus:wrong-{i}".encode()).decode()
+        c.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n".encode())
+        busy.append(c)
+    time.sleep(0.3)  # let the three heads be parsed and reach the handler
+    try:
+        extra = socket.create_connection(("127.0.0.1", sc.port), timeout=10)
+        answer = wait_for(lambda: closed_by_server(extra), timeout=10, what="an answer to the 4th connection")
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+        for c in busy:  # the busy ones were not cut off: each gets its 401
+            c.settimeout(60)
+            assert c.recv(100).startswith(b"HTTP/1.1 401")
+    finally:
+        for c in busy:
+            c.close()
+    good = base64.b64encode(b"prometheus:s3cret").decode()
+    s = parse(sc.get("/metrics", {"Authorization": f"Basic {good}"})[2].decode())
+    assert total(s, "mlsidecar_http_rejected_total", reason="connection_limit") >= 1
+    assert total(s, "mlsidecar_http_rejected_total", reason="evicted_idle") == 0
 
 
 def test_out_of_descriptors_the_server_pauses_and_recovers(tmp_path, sidecar_factory):
