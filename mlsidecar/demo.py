@@ -14,7 +14,13 @@ import time
 
 import orjson
 
-MODELS = (("resnet50", "v3"), ("resnet50", "v4"), ("bert-intent", "v12"))
+# One step each, in turn: resnet50 serves a canary (v4 gets a third of its traffic, is a little
+# less accurate and slower, so the comparison is significant after a few minutes), and
+# fraud-detector is a binary classifier reporting a score (ROC AUC).
+MODELS = (("resnet50", "v3"), ("resnet50", "v4"), ("bert-intent", "v12"), ("resnet50", "v3"),
+          ("fraud-detector", "v2"))
+ACCURACY = {"v3": 0.95, "v4": 0.88}
+SLOWER = {"v4": 1.25}
 FEATURES = ("age", "income", "country")
 COUNTRIES = ("de", "fr", "us", "jp")
 
@@ -45,18 +51,28 @@ class DemoWorkload:
         bad = self.accuracy_drop_after is not None and elapsed > self.accuracy_drop_after
         shifted = self.drift_after is not None and elapsed > self.drift_after
         y_true = rng.choice(("cat", "dog", "bird"))
-        correct = rng.random() < (0.35 if bad else 0.93)
+        correct = rng.random() < (0.35 if bad else ACCURACY.get(version, 0.93))
         y_pred = y_true if correct else rng.choice([c for c in ("cat", "dog", "bird") if c != y_true])
-        out.append({
+        age = round(rng.gauss(40, 12), 1)
+        ev = {
             "event": "prediction", "model": model, "version": version,
             "status": "error" if rng.random() < 0.02 else "success",
-            "latency_s": round(rng.lognormvariate(math.log(0.03), 0.6), 5),
+            "latency_s": round(rng.lognormvariate(math.log(0.03), 0.6) * SLOWER.get(version, 1.0), 5),
             "confidence": round(min(1.0, max(0.0, rng.betavariate(8, 2))), 4),
             "y_true": y_true, "y_pred": y_pred,
-            "features": {"age": round(rng.gauss(40, 12), 1),
-                         "income": round(rng.gauss(80000 if shifted else 50000, 15000), 0),
+            "features": {"age": age,
+                         "income": round(rng.gauss(80000 if shifted else 50000, 15000)
+                                         + 400 * (age - 40), 0),
                          "country": rng.choice(COUNTRIES)},
-        })
+        }
+        if model == "fraud-detector":
+            fraud = rng.random() < 0.3
+            score = round(rng.betavariate(6, 2) if fraud else rng.betavariate(2, 6), 4)
+            ev.update(y_true=int(fraud), y_pred=int(score >= 0.5), score=score,
+                      confidence=round(max(score, 1 - score), 4))
+            if bad:
+                ev["y_true"] = int(rng.random() < 0.3)
+        out.append(ev)
         self.step += 1
         s = self.step
         if s % 10 == 0:
@@ -93,6 +109,13 @@ class DemoWorkload:
                         "violation_type": "missing_column", "count": 1})
             out.append({"event": "metric", "name": "business_conversions_total", "type": "counter",
                         "value": rng.randint(1, 5), "labels": {"model": "resnet50"}})
+        if s % 500 == 1:
+            for v in ("v3", "v4"):
+                out.append({"event": "feature_importance", "model": "resnet50", "version": v,
+                            "method": "permutation",
+                            "importances": {"age": round(0.35 + rng.uniform(-0.02, 0.02), 4),
+                                            "income": round(0.5 + rng.uniform(-0.02, 0.02), 4),
+                                            "country": round(0.15 + rng.uniform(-0.02, 0.02), 4)}})
         if s == 1:
             out.append({"event": "deployment", "model": "resnet50", "version": "v4"})
         return out

@@ -26,7 +26,8 @@ def promtool(*args) -> subprocess.CompletedProcess:
 def test_rules_are_valid_and_loaded_by_the_scrape_config():
     res = promtool("check", "rules", RULES)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "rules/ml_comparison.yml" in (PROM / "prometheus.yml").read_text()
+    patterns = re.findall(r"(?m)^  - (rules/\S+\.yml)$", (PROM / "prometheus.yml").read_text())
+    assert any(RULES in PROM.glob(p) for p in patterns), f"prometheus.yml does not load {RULES.name}"
 
 
 def test_unit_tests_pass_with_a_firing_and_a_silent_case():

@@ -16,7 +16,7 @@ from tests.harness import require_tool
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD_DIR = GRAFANA / "dashboards"
-PANEL_TYPES = {"row", "timeseries", "stat", "table", "heatmap"}
+PANEL_TYPES = {"row", "timeseries", "stat", "table", "heatmap", "xychart", "bargauge"}
 
 # Concrete values for Grafana's variables: multi-value variables are only used as =~"$var".
 GRAFANA_INTERVALS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
@@ -110,6 +110,7 @@ def test_expected_dashboards_and_variables():
         "ml-data-pipeline.json": {"datasource", "pipeline"},
         "gpu-host.json": {"datasource", "instance", "gpu"},
         "mlsidecar-health.json": {"datasource", "instance"},
+        "ml-model-comparison.json": {"datasource", "model", "version"},
     }
     dash = dashboards()
     assert set(dash) == set(wanted)

@@ -527,12 +527,150 @@ def sidecar_dashboard():
     return d
 
 
+# --- model comparison and feature views (docs/analytics.md) ---------------------------------------
+
+def matrix_table(title, expr, row_field, column_field, unit="short", desc="", th=None):
+    """An instant query drawn as a matrix (Grafana's "Grouping to matrix" transformation)."""
+    panel = table(title, [(expr, "")], unit, desc, th)
+    panel["transformations"] = [{"id": "groupingToMatrix", "options": {
+        "columnField": column_field, "rowField": row_field, "valueField": "Value",
+        "emptyValue": "null"}}]
+    return panel
+
+
+def roc_curve_panel(title, fpr_expr, tpr_expr, desc=""):
+    """ROC points (one row per threshold) as an XY chart: false positive rate against true."""
+    targets = [target(fpr_expr, "", "A", instant=True, fmt="table"),
+               target(tpr_expr, "", "B", instant=True, fmt="table")]
+    return {"type": "xychart", "title": title, "description": desc, "datasource": DS,
+            "targets": targets,
+            "transformations": [
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                               "renameByName": {"Value #A": "False positive rate",
+                                                                "Value #B": "True positive rate"}}},
+                {"id": "sortBy", "options": {"sort": [{"field": "False positive rate"}]}}],
+            "fieldConfig": {"defaults": {"unit": "percentunit", "min": 0, "max": 1,
+                                         "color": {"mode": "palette-classic"},
+                                         "custom": {"show": "points+lines", "pointSize": {"fixed": 6},
+                                                    "lineWidth": 2}},
+                            "overrides": []},
+            "options": {"seriesMapping": "auto", "dims": {"x": "False positive rate"},
+                        "series": [], "legend": {"showLegend": True, "displayMode": "list",
+                                                 "placement": "bottom", "calcs": []},
+                        "tooltip": {"mode": "single", "sort": "none"}}}
+
+
+def bars(title, expr, legend, unit="none", desc=""):
+    """Horizontal bars of an instant query (feature importance)."""
+    return {"type": "bargauge", "title": title, "description": desc, "datasource": DS,
+            "targets": [target(expr, legend, "A", instant=True)],
+            "fieldConfig": {"defaults": {"unit": unit, "min": 0, "color": {"mode": "continuous-BlPu"},
+                                         "thresholds": thresholds((None, "blue"))},
+                            "overrides": []},
+            "options": {"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+                        "valueMode": "color", "namePlacement": "auto", "sizing": "auto",
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}}
+
+
+def comparison_dashboard():
+    CM = 'model_name=~"$model"'
+    d = Dashboard(
+        "mlsidecar-comparison", "ML model comparison",
+        "Versions of one model side by side (canary, A/B split): accuracy, latency and error rate per "
+        "version, the sidecar's significance tests (candidate - baseline with confidence interval "
+        "and p-value), ROC curve, confusion matrix and feature views.",
+        [query_var("model", "Model", "label_values(ml_predictions_total, model_name)"),
+         query_var("version", "Version",
+                   'label_values(ml_predictions_total{model_name=~"$model"}, model_version)')])
+    d.row("Side by side")
+    d.add(timeseries("Traffic share by version",
+                     [(f"sum by (model_name, model_version) (namespace_model:ml_predictions:rate5m{{{M}}}) "
+                       f"/ on (model_name) group_left () "
+                       f"sum by (model_name) (namespace_model:ml_predictions:rate5m{{{CM}}})",
+                       "{{model_name}} {{model_version}}")], "percentunit", stack=True, min_=0, max_=1), 8)
+    d.add(timeseries("Live accuracy by version",
+                     [(f'ml_model_accuracy_score{{{M}, dataset="live"}}', "{{model_name}} {{model_version}}")],
+                     "percentunit", max_=1), 8)
+    d.add(timeseries("p95 latency by version",
+                     [(f"namespace_model:ml_prediction_latency_seconds:p95_5m{{{M}}}",
+                       "{{model_name}} {{model_version}}")], "s"), 8)
+    d.add(timeseries("Error ratio by version",
+                     [(f"namespace_model:ml_prediction_error_ratio:rate5m{{{M}}}",
+                       "{{model_name}} {{model_version}}")], "percentunit", min_=0), 8)
+    d.add(timeseries("Mean confidence by version",
+                     [(f"sum by (model_name, model_version) (rate(ml_prediction_confidence_score_sum{{{M}}}[$__rate_interval])) "
+                       f"/ sum by (model_name, model_version) (rate(ml_prediction_confidence_score_count{{{M}}}[$__rate_interval]))",
+                       "{{model_name}} {{model_version}}")], "percentunit", max_=1), 8)
+    d.add(table("Samples in the comparison windows",
+                [(f"max by (model_name, model_version) (ml_model_comparison_samples{{{M}}})", ""),
+                 (f"max by (model_name, model_version) (ml_model_live_window_samples{{{M}}})", "")],
+                "short", "Value #A: predictions (latency, error rate, confidence); Value #B: labelled "
+                         "predictions (accuracy). Below the minimum sample every result is NaN."), 8)
+
+    d.row("Significance: candidate - baseline")
+    sig = (f'{CM}, candidate_version=~"$version"')
+    d.add(table("Significance tests",
+                [(f"max by (model_name, baseline_version, candidate_version, metric) "
+                  f"(ml_model_comparison_difference{{{sig}}})", ""),
+                 (f"max by (model_name, baseline_version, candidate_version, metric) "
+                  f"(ml_model_comparison_ci_lower{{{sig}}})", ""),
+                 (f"max by (model_name, baseline_version, candidate_version, metric) "
+                  f"(ml_model_comparison_ci_upper{{{sig}}})", ""),
+                 (f"max by (model_name, baseline_version, candidate_version, metric) "
+                  f"(ml_model_comparison_p_value{{{sig}}})", "")],
+                "none", "Columns A-D: difference, interval low, interval high, two-sided p-value "
+                        "(two-proportion z-test for accuracy and error rate, Welch's t-test for latency "
+                        "and confidence). NaN: not enough samples yet."), 24, 8)
+    d.add(timeseries("p-value over time (log scale; 0.01 = alert's alpha)",
+                     [(f"ml_model_comparison_p_value{{{sig}}}",
+                       "{{model_name}} {{candidate_version}} vs {{baseline_version}} {{metric}}")],
+                     "none", log=True, th=thresholds((None, "red"), (0.01, "transparent"))), 12)
+    for metric, unit in (("accuracy", "percentunit"), ("error_rate", "percentunit"),
+                         ("latency_seconds", "s")):
+        sel = f'{sig}, metric="{metric}"'
+        d.add(timeseries(f"{metric} difference with its confidence interval",
+                         [(f"ml_model_comparison_difference{{{sel}}}",
+                           "{{candidate_version}} - {{baseline_version}}"),
+                          (f"ml_model_comparison_ci_lower{{{sel}}}", "low {{candidate_version}}"),
+                          (f"ml_model_comparison_ci_upper{{{sel}}}", "high {{candidate_version}}")],
+                         unit), 12 if metric == "accuracy" else 12)
+
+    d.row("Classifier quality")
+    d.add(roc_curve_panel("ROC curve (scored binary classifiers)",
+                          f"ml_model_roc_fpr{{{M}}}", f"ml_model_roc_tpr{{{M}}}",
+                          "False and true positive rate at each configured score threshold, over the "
+                          "ROC window."), 8)
+    d.add(timeseries("ROC AUC by version",
+                     [(f"ml_model_roc_auc{{{M}}}", "{{model_name}} {{model_version}}")], "none",
+                     min_=0, max_=1), 8)
+    d.add(matrix_table("Confusion matrix over the time range (rows: true class)",
+                       f"sum by (true_class, predicted_class) "
+                       f"(increase(ml_model_confusion_matrix_total{{{M}}}[$__range]))",
+                       "true_class", "predicted_class", "short"), 8)
+
+    d.row("Features")
+    d.add(bars("Feature importance (as reported)",
+               f"avg by (feature_name) (ml_feature_importance{{{M}}})", "{{feature_name}}"), 8)
+    d.add(matrix_table("Feature correlation (Pearson, live window)",
+                       f"avg by (feature_a, feature_b) (ml_feature_correlation{{{M}}})",
+                       "feature_a", "feature_b", "none",
+                       th=thresholds((None, "blue"), (-0.3, "transparent"), (0.3, "orange"),
+                                     (0.7, "red"))), 8)
+    d.add(timeseries("Feature drift over time (0.1 watch, 0.25 alert)",
+                     [(f"max by (model_name, model_version, feature_name) (ml_feature_drift_score{{{M}}})",
+                       "{{model_name}} {{model_version}} {{feature_name}}")], "none",
+                     th=thresholds((None, "transparent"), (0.25, "red"))), 8)
+    return d
+
+
 DASHBOARDS = {
     "ml-model-performance.json": model_dashboard,
     "ml-training.json": training_dashboard,
     "ml-data-pipeline.json": pipeline_dashboard,
     "gpu-host.json": gpu_host_dashboard,
     "mlsidecar-health.json": sidecar_dashboard,
+    "ml-model-comparison.json": comparison_dashboard,
 }
 
 
