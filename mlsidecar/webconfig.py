@@ -375,7 +375,9 @@ class BasicAuth:
         self.check = check
         self.max_checks = max_checks
         self.max_waiting = max_waiting
-        self._cache: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
+        # Good and bad answers apart, so a flood of wrong guesses cannot push out the good ones.
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._failed: OrderedDict[bytes, float] = OrderedDict()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_checks = 0
         self.bcrypt_runs = 0
@@ -408,12 +410,14 @@ class BasicAuth:
         if not known:
             hashed = _DUMMY_HASH
         key = self._cache_key(user, password, hashed)
-        hit = self._cache.get(key)
-        if hit is not None:
-            if hit[0] > self.clock():
-                self._cache.move_to_end(key)
-                return hit[1]
-            del self._cache[key]
+        now = self.clock()
+        for cache, answer in ((self._cache, True), (self._failed, False)):
+            expires = cache.get(key)
+            if expires is not None:
+                if expires > now:
+                    cache.move_to_end(key)
+                    return answer
+                del cache[key]
         if self._in_checks >= self.max_checks + self.max_waiting:
             raise AuthBusy()
         if self._pool is None:
@@ -425,9 +429,10 @@ class BasicAuth:
             ok = await loop.run_in_executor(self._pool, self.check, password, hashed) and known
         finally:
             self._in_checks -= 1
-        self._cache[key] = (self.clock() + self.ttl, ok)
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
+        cache = self._cache if ok else self._failed
+        cache[key] = self.clock() + self.ttl
+        while len(cache) > self.size:
+            cache.popitem(last=False)
         return ok
 
     async def authorized(self, request) -> bool:

@@ -154,7 +154,23 @@ def test_checks_are_cached_briefly_good_or_bad():
     assert run(auth.verify("prom", b"s3cret")) is True
     assert run(auth.verify("prom", b"wrong")) is False
     assert len(calls) == 6  # expired: checked again
-    assert all(b"s3cret" not in k for k in auth._cache)  # only digests are kept
+    assert all(b"s3cret" not in k for k in [*auth._cache, *auth._failed])  # only digests are kept
+
+
+def test_wrong_guesses_cannot_push_the_good_answer_out_of_the_cache():
+    calls = []
+
+    def check(password, hashed):
+        calls.append(password)
+        return password == b"s3cret"
+
+    auth = webconfig.BasicAuth({"prom": HASH.encode()}, size=8, check=check)
+    assert asyncio.run(auth.verify("prom", b"s3cret")) is True
+    for i in range(100):
+        assert asyncio.run(auth.verify("prom", f"guess-{i}".encode())) is False
+    n = len(calls)
+    assert asyncio.run(auth.verify("prom", b"s3cret")) is True
+    assert len(calls) == n  # still cached: Prometheus is not slowed by the guessing
 
 
 def test_concurrent_checks_are_bounded_and_the_excess_refused_at_once():
