@@ -141,6 +141,10 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 BATCH_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 PIPELINE_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 CHECKPOINT_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Bytes: 64 B to 64 MiB in steps of 4 (request and response payloads).
+PAYLOAD_BUCKETS = tuple(float(64 * 4 ** i) for i in range(11))
+# Training runs: a minute to a week.
+RUN_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0)
 
 MODEL = ("model_name", "model_version")
 
@@ -157,6 +161,14 @@ PREDICTION_LATENCY = _f(
 PREDICTION_CONFIDENCE = _f(
     "ml_prediction_confidence_score", HISTOGRAM, "Model confidence of served predictions (0-1).",
     MODEL, CONFIDENCE_BUCKETS, fed_by="prediction (confidence)",
+)
+PREDICTION_REQUEST_SIZE = _f(
+    "ml_prediction_request_size_bytes", HISTOGRAM, "Size of prediction requests (payload bytes).",
+    MODEL, PAYLOAD_BUCKETS, unit="bytes", fed_by="prediction (request_bytes)",
+)
+PREDICTION_RESPONSE_SIZE = _f(
+    "ml_prediction_response_size_bytes", HISTOGRAM, "Size of prediction responses (payload bytes).",
+    MODEL, PAYLOAD_BUCKETS, unit="bytes", fed_by="prediction (response_bytes)",
 )
 ACCURACY = _f(
     "ml_model_accuracy_score", GAUGE, "Model accuracy (0-1) on a dataset or live window.",
@@ -181,6 +193,10 @@ DATA_QUALITY = _f(
 DEPLOYMENTS = _f(
     "ml_model_deployments_total", COUNTER, "Model deployments.", MODEL, fed_by="deployment",
 )
+MODEL_SIZE = _f(
+    "ml_model_size_bytes", GAUGE, "Size of the deployed model (its artefact), from deployment events.",
+    MODEL, unit="bytes", fed_by="deployment (size_bytes)",
+)
 
 # --- training (the seed's TrainingJobExporter) -------------------------------
 JOB = ("job_name",)
@@ -190,6 +206,11 @@ TRAINING_EPOCH = _f(
 TRAINING_LOSS = _f(
     "ml_training_loss", GAUGE, "Latest training loss, by loss type.", JOB + ("loss_type",),
     fed_by="training",
+)
+TRAINING_LOSS_NONFINITE = _f(
+    "ml_training_loss_nonfinite_total", COUNTER,
+    "Losses reported as NaN or infinite (\"NaN\", \"Infinity\", \"-Infinity\"), by loss type.",
+    JOB + ("loss_type",), fed_by="training",
 )
 TRAINING_LR = _f(
     "ml_training_learning_rate", GAUGE, "Current learning rate.", JOB, fed_by="training",
@@ -221,6 +242,24 @@ CHECKPOINT_SIZE = _f(
 CHECKPOINT_DURATION = _f(
     "ml_training_checkpoint_save_duration_seconds", HISTOGRAM, "Time to save a checkpoint.",
     JOB, CHECKPOINT_BUCKETS, unit="seconds", fed_by="checkpoint",
+)
+TRAINING_ACTIVE_JOBS = _f(
+    "ml_training_active_jobs", GAUGE,
+    "Training jobs with a run in progress (started, not yet completed or failed) seen by this sidecar.",
+    (), fed_by="training (status)",
+)
+TRAINING_RUN_ACTIVE = _f(
+    "ml_training_run_active", GAUGE, "1 while the job's run is in progress, 0 once it completed or failed.",
+    JOB, fed_by="training (status)",
+)
+TRAINING_RUN_START = _f(
+    "ml_training_run_start_timestamp_seconds", GAUGE,
+    "Unix time the job's current (or last) run started; its age is time() minus this.",
+    JOB, unit="seconds", fed_by="training (status)",
+)
+TRAINING_RUN_DURATION = _f(
+    "ml_training_run_duration_seconds", HISTOGRAM, "Duration of finished training runs, by outcome.",
+    JOB + ("status",), RUN_BUCKETS, unit="seconds", fed_by="training (status)",
 )
 
 # --- data pipeline (the seed's DataPipelineExporter) -------------------------

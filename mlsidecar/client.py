@@ -18,10 +18,24 @@ sidecar is behind (see docs/events.md, "Which writer never blocks").
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket as _socket
 import threading
 import time
+
+
+def _non_finite_as_text(v):
+    """NaN and infinities as the strings the sidecar reads for losses ("NaN", "Infinity",
+    "-Infinity"): a blown-up loss is reported, and a NaN where no NaN may be is rejected by the
+    sidecar and counted there, never dropped here unseen."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _non_finite_as_text(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_non_finite_as_text(x) for x in v]
+    return v
 
 
 class EventClient:
@@ -42,7 +56,11 @@ class EventClient:
     def emit(self, event: str, **fields) -> bool:
         """Send one event; True when it was handed on, False when it was dropped."""
         try:
-            data = json.dumps({"event": event, **fields}, separators=(",", ":"), allow_nan=False)
+            ev = {"event": event, **fields}
+            try:
+                data = json.dumps(ev, separators=(",", ":"), allow_nan=False)
+            except ValueError:  # NaN or infinity: JSON has no literal for them
+                data = json.dumps(_non_finite_as_text(ev), separators=(",", ":"), allow_nan=False)
             return self._send(data.encode() + b"\n")
         except Exception:  # noqa: BLE001 - the workload must never see our errors
             self.dropped += 1

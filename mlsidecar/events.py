@@ -120,6 +120,33 @@ def check_number(v, name: str, minimum: float | None = None, maximum: float | No
     return v
 
 
+# A loss may blow up to NaN or infinity, which JSON cannot write: these strings stand for them.
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def loss_value(v, name: str) -> float:
+    """A loss: a number, or one of the strings "NaN", "Infinity", "-Infinity"."""
+    if type(v) is str:
+        x = NON_FINITE.get(v)
+        if x is None:
+            raise Rejected(INVALID_VALUE, f"'{name}' must be a number or \"NaN\", \"Infinity\", \"-Infinity\"")
+        return x
+    t = type(v)
+    if t is not float and t is not int:
+        raise Rejected(WRONG_TYPE, f"'{name}' must be a number, got {t.__name__}")
+    return v
+
+
+def losses_field(ev: dict, name: str) -> dict[str, float] | None:
+    """An optional JSON object of loss name -> loss value (see :func:`loss_value`)."""
+    v = ev.get(name)
+    if v is None:
+        return None
+    if type(v) is not dict:
+        raise Rejected(WRONG_TYPE, f"'{name}' must be an object of numbers")
+    return {k: loss_value(x, f"{name}.{k}") for k, x in v.items()}
+
+
 def mapping_of_numbers(ev: dict, name: str, required: bool = True) -> dict[str, float] | None:
     """A JSON object of name -> number (losses, scores, queue sizes)."""
     v = ev.get(name)

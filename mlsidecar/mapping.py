@@ -9,6 +9,7 @@ so a wrong field is rejected with the same reasons everywhere.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import traceback
@@ -23,9 +24,11 @@ from . import events
 from .catalogue import Family
 from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MAX_AMOUNT, MISSING_FIELD,
                      MISSING_KIND, NAME_CLASH, TOO_MANY_METRICS, UNKNOWN_KIND, WRONG_TYPE,
-                     Rejected, amount, check_number, label,
+                     Rejected, amount, check_number, label, loss_value, losses_field,
                      mapping_of_numbers, number, timestamp)
+from .exemplars import check_trace_id
 from .logs import RateLimitedLog
+from .runs import STATUSES as RUN_STATUSES, TrainingRuns
 from .analytics.scores import classification_scores
 from .analytics.window import SlidingRatio
 from .store import Batch
@@ -64,6 +67,8 @@ class Mapper:
         self._error_rates: dict[tuple[str, str], SlidingRatio] = {}
         # This chunk's predictions per series: (latencies, confidences); see prediction().
         self._records: dict[tuple[str, str, str], tuple[list, list]] = {}
+        # The latest traced latency per bucket (a prediction's trace_id); set by the ingest worker.
+        self.exemplars = None
         self._dynamic: dict[str, Family] = {}
         self.max_user_metrics = max_user_metrics
         self.max_error_rates = max_error_rates
@@ -71,6 +76,9 @@ class Mapper:
         self._evict_due = 0.0
         self._error_rates_dirty: set[tuple[str, str]] = set()
         self._builtins_loaded = False
+        self.runs = TrainingRuns()
+        # This chunk's optional payload sizes per (model, version): (request bytes, response bytes).
+        self._sizes: dict[tuple[str, str], tuple[list, list]] = {}
         self.handlers: dict[str, Callable[[dict], None]] = {
             "prediction": self.prediction, "evaluation": self.evaluation, "drift": self.drift,
             "data_quality": self.data_quality, "deployment": self.deployment,
@@ -81,6 +89,10 @@ class Mapper:
         if analytics is not None:
             for kind, handler in analytics.handlers().items():
                 self.handlers.setdefault(kind, handler)
+
+    def restore(self, values: dict) -> None:
+        """Pick up what a previous worker left in the metric files (training runs in progress)."""
+        self.runs.restore(values)
 
     def handle(self, ev: dict) -> str:
         """Map one event; return its kind. Raises :class:`Rejected`."""
@@ -116,6 +128,8 @@ class Mapper:
             if self.analytics is not None and self._records:  # version comparisons read them first
                 self.analytics.records(self._records, now)
             self._fold_predictions()
+            if self.exemplars is not None:
+                self.exemplars.flush()
             self.now = now
             self._error_rates_tick(now)
             if self.analytics is not None:
@@ -149,9 +163,15 @@ class Mapper:
         ts = get("ts")
         if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
             timestamp(ev)
+        trace_id = get("trace_id")
+        if trace_id is not None:
+            check_trace_id(trace_id)
         if rec is None:
             labels = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "status", "success"))
             rec = self._records.get(labels)
+        req, resp = get("request_bytes"), get("response_bytes")
+        if req is not None or resp is not None:
+            req, resp = amount(ev, "request_bytes", False), amount(ev, "response_bytes", False)
         if self.analytics is not None:  # it may reject the event: before anything is counted
             self.analytics.on_prediction(ev, labels[0], labels[1], self.now)
         if rec is None:
@@ -159,10 +179,26 @@ class Mapper:
         rec[0].append(latency)
         if conf is not None:
             rec[1].append(conf)
+        if trace_id is not None and self.exemplars is not None:
+            self.exemplars.record(LATENCY, labels[:2], latency, trace_id, self.clock())
+        if req is not None or resp is not None:
+            sizes = self._sizes.get(labels[:2])
+            if sizes is None:
+                sizes = self._sizes[labels[:2]] = ([], [])
+            if req is not None:
+                sizes[0].append(req)
+            if resp is not None:
+                sizes[1].append(resp)
 
     def _fold_predictions(self) -> None:
         """This chunk's prediction records into the batch: counts, bucket counts, sums."""
         batch = self.batch
+        for mv, (requests, responses) in self._sizes.items():
+            if requests:
+                _observe_all(batch, C.PREDICTION_REQUEST_SIZE, mv, requests)
+            if responses:
+                _observe_all(batch, C.PREDICTION_RESPONSE_SIZE, mv, responses)
+        self._sizes.clear()
         for labels, (latencies, confidences) in self._records.items():
             if not latencies:
                 continue
@@ -213,25 +249,43 @@ class Mapper:
             self.batch.set(C.DATA_QUALITY, (model, version, _cap(metric)), v)
 
     def deployment(self, ev: dict) -> None:
-        self.batch.inc(C.DEPLOYMENTS, (label(ev, "model"), label(ev, "version", "unknown")))
+        key = (label(ev, "model"), label(ev, "version", "unknown"))
+        size = amount(ev, "size_bytes", required=False)
+        self.batch.inc(C.DEPLOYMENTS, key)
+        if size is not None:
+            self.batch.set(C.MODEL_SIZE, key, size)
 
     # --- training ----------------------------------------------------------------
     def training(self, ev: dict) -> None:
         job = (label(ev, "job"),)
         epoch = number(ev, "epoch", required=False, minimum=0)
         lr = number(ev, "learning_rate", required=False, minimum=0)
-        losses = mapping_of_numbers(ev, "losses", required=False)
-        loss = number(ev, "loss", required=False)
-        if epoch is None and lr is None and losses is None and loss is None:
-            raise Rejected(MISSING_FIELD, "one of epoch, losses, loss, learning_rate is required")
+        losses = losses_field(ev, "losses")
+        loss = ev.get("loss")
+        loss = None if loss is None else loss_value(loss, "loss")
+        status = ev.get("status")
+        if status is not None and status not in RUN_STATUSES:
+            raise Rejected(INVALID_VALUE if type(status) is str else WRONG_TYPE,
+                           f"'status' must be one of {', '.join(RUN_STATUSES)}")
+        run_duration = amount(ev, "duration_s", required=False)
+        if epoch is None and lr is None and losses is None and loss is None and status is None:
+            raise Rejected(MISSING_FIELD, "one of epoch, losses, loss, learning_rate, status is required")
+        if status is not None:
+            self.runs.event(self.batch, job[0], status, timestamp(ev) or self.now, run_duration)
         if epoch is not None:
             self.batch.set(C.TRAINING_EPOCH, job, epoch)
         if lr is not None:
             self.batch.set(C.TRAINING_LR, job, lr)
         if loss is not None:
-            self.batch.set(C.TRAINING_LOSS, job + ("train",), loss)
+            self._loss(job + ("train",), loss)
         for loss_type, v in (losses or {}).items():
-            self.batch.set(C.TRAINING_LOSS, job + (_cap(loss_type),), v)
+            self._loss(job + (_cap(loss_type),), v)
+
+    def _loss(self, key: tuple, v: float) -> None:
+        """Export the loss as it is (NaN and infinities too) and count the non-finite ones,
+        from 0 so that increase() sees the first."""
+        self.batch.set(C.TRAINING_LOSS, key, v)
+        self.batch.inc(C.TRAINING_LOSS_NONFINITE, key, 0 if math.isfinite(v) else 1)
 
     def batch_event(self, ev: dict) -> None:
         job = (label(ev, "job"),)

@@ -32,10 +32,10 @@ def test_quality_rates_and_scores_with_declared_ranges_and_types():
     e.tick(b, 1.0)
     g = b.gauges
     n = 15
-    assert g[(C.DATA_QUALITY, ("m", "v", "completeness"))] == pytest.approx(1 - 3 / n)
-    assert g[(C.DATA_QUALITY, ("m", "v", "range_validity"))] == pytest.approx(1 - 2 / n)
-    assert g[(C.DATA_QUALITY, ("m", "v", "type_validity"))] == pytest.approx(1 - 3 / n)
-    assert g[(C.DATA_QUALITY, ("m", "v", "overall"))] == pytest.approx(1 - 8 / n)
+    assert g[(C.DATA_QUALITY, ("m", "v", "sidecar_completeness"))] == pytest.approx(1 - 3 / n)
+    assert g[(C.DATA_QUALITY, ("m", "v", "sidecar_range_validity"))] == pytest.approx(1 - 2 / n)
+    assert g[(C.DATA_QUALITY, ("m", "v", "sidecar_type_validity"))] == pytest.approx(1 - 3 / n)
+    assert g[(C.DATA_QUALITY, ("m", "v", "sidecar_overall"))] == pytest.approx(1 - 8 / n)
     assert g[(RATE, ("m", "v", "age", "type_mismatch"))] == pytest.approx(2 / 5)
     assert g[(RATE, ("m", "v", "income", "missing"))] == pytest.approx(2 / 5)
     assert b.counters[(CHECKS, ("m", "v", "age"))] == 5

@@ -15,10 +15,11 @@ A feature with no declared type takes the type of its reference, or else of
 the first non-null value it gets. Rates are over the last ``window_size``
 checks of the feature (a ring of one byte per check); cumulative counts are
 exported as counters. ``ml_data_quality_score{quality_metric}`` per model
-version is 1.0 when perfect: ``completeness`` = 1 - missing share,
-``type_validity`` = 1 - mismatch share, ``range_validity`` = 1 - out-of-range
-share, ``overall`` = share of checks with no problem, each over all the
-model's features' windows together.
+version is 1.0 when perfect: ``sidecar_completeness`` = 1 - missing share,
+``sidecar_type_validity`` = 1 - mismatch share, ``sidecar_range_validity`` =
+1 - out-of-range share, ``sidecar_overall`` = share of checks with no problem,
+each over all the model's features' windows together. The ``sidecar_`` prefix
+keeps them apart from the scores a workload sends in ``data_quality`` events.
 """
 
 from __future__ import annotations
@@ -166,5 +167,7 @@ def model_scores(rings) -> dict[str, float] | None:
         typ += c[TYPE_MISMATCH]
     if not n:
         return None
-    return {"completeness": 1 - missing / n, "type_validity": 1 - typ / n,
-            "range_validity": 1 - rng / n, "overall": 1 - (missing + rng + typ) / n}
+    # "sidecar_": the workload's own data_quality events write the same family with its own
+    # quality_metric names (often "completeness"); one name per writer keeps both series whole.
+    return {"sidecar_completeness": 1 - missing / n, "sidecar_type_validity": 1 - typ / n,
+            "sidecar_range_validity": 1 - rng / n, "sidecar_overall": 1 - (missing + rng + typ) / n}

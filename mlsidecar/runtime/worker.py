@@ -120,12 +120,20 @@ class Ingest:
     def __init__(self, cfg: Config, mapper: Mapper, batch: Batch, writer: SeriesWriter):
         self.cfg = cfg
         self.mapper = mapper
+        mapper.restore(writer.values)  # training runs in progress before a restart
         self.batch = batch
         self.writer = writer
         self.max_line = cfg.sources.max_line_bytes
         self.rejects = RateLimitedLog(log)
         self.accepted = 0
         self.rejected = 0
+        # Counters whose labels are a fixed set start at 0, so that rate() and increase() see the
+        # first rejection and the first refused series: every reason per source, every built-in
+        # family the series limit can refuse.
+        self.sources_seen: set[str] = set()
+        for fam in list(C.REGISTRY.values()):
+            if fam.fed_by.split(" ", 1)[0] in events.KINDS:
+                writer.inc(C.SERIES_LIMITED, (fam.name,), 0)
 
     def lines(self, lines: list[bytes], source: str) -> None:
         """Map a chunk of lines; count accepted kinds and rejection reasons in the batch."""
@@ -179,17 +187,28 @@ class Ingest:
         for kind, n in kinds.items():
             batch.inc(C.EVENTS, (source, kind), n)
             self.accepted += n
+        if source not in self.sources_seen:
+            self.zero_source(source)
         for reason, n in reasons.items():
             batch.inc(C.EVENTS_REJECTED, (source, reason), n)
             self.rejected += n
 
+    def zero_source(self, source: str) -> None:
+        """Every rejection reason of a new source, at 0."""
+        self.sources_seen.add(source)
+        for reason in events.REASONS + (INTERNAL,):
+            self.batch.inc(C.EVENTS_REJECTED, (source, reason), 0)
+
     def reject(self, source: str, reason: str, n: int = 1) -> None:
+        if source not in self.sources_seen:
+            self.zero_source(source)
         self.batch.inc(C.EVENTS_REJECTED, (source, reason), n)
         self.rejected += n
 
 
 def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     """Follow ``patterns`` until SIGTERM; the body of a ``tail-*`` worker process."""
+    from ..exemplars import ExemplarStore
     from ..sources.tail import Tailer
 
     stop = Stop()
@@ -198,6 +217,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     health = StateHealth(identity, writer)
     batch = Batch()
     mapper = make_mapper(cfg, batch)
+    mapper.exemplars = ExemplarStore(cfg.state_dir, identity, cfg.static_labels())
     ingest = Ingest(cfg, mapper, batch, writer)
     journal = writer.journal_state or {}
     saved = journal.get("files", {})

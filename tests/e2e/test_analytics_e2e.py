@@ -83,7 +83,7 @@ def test_drift_and_accuracy_follow_the_stream(tmp_path, sidecar_factory):
     s = wait_for(stable_phase, 20, what="phase-1 gauges")
     assert gauge(s, "ml_feature_drift_score", feature_name="amount") < 0.1
     assert gauge(s, "ml_feature_drift_score", feature_name="stable") < 0.1
-    assert gauge(s, "ml_data_quality_score", quality_metric="overall") == 1.0
+    assert gauge(s, "ml_data_quality_score", quality_metric="sidecar_overall") == 1.0
     assert gauge(s, "ml_model_correct_predictions_total") == total(
         s, "ml_model_class_true_positives_total", model_name="fraud")
 
