@@ -237,7 +237,7 @@ class MetricsReader:
         self._claimed: dict[str, tuple[str, str]] = {}
         for fam in catalogue.REGISTRY.values():
             base = metric_key_name(fam)
-            owner = (SERVER_OWNED, "") if fam.fed_by == "server" or fam.name in _DERIVED_NAMES \
+            owner = (SERVER_OWNED, "") if fam.fed_by.startswith("server") or fam.name in _DERIVED_NAMES \
                 else (base, fam.type)
             for n in _sample_names(base, fam.type):
                 self._claimed.setdefault(n, owner)

@@ -154,6 +154,7 @@ def test_bad_keys_in_a_workload_dir_are_skipped_and_counted(tmp_path, sidecar_fa
     write_raw_db(mp / "counter_2.db", [
         (key("app_req", "app_req_total", {}), 7.0),
         (key("app_both", "app_both_total", {}), 1.0),
+        (key("process_cpu_seconds", "process_cpu_seconds_total", {}), 9.0),  # the server writes this one
     ])
     write_raw_db(mp / "gauge_max_3.db", [
         (key("app_req_total", "app_req_total", {}), 8.0),  # clashes with counter app_req
@@ -169,7 +170,7 @@ def test_bad_keys_in_a_workload_dir_are_skipped_and_counted(tmp_path, sidecar_fa
     assert total(s, "ml_predictions_total") == 0
     assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="bad_key") == 6
     assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="invalid_name") == 5
-    assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="clashing_family") == 5
+    assert total(s, "mlsidecar_multiproc_keys_skipped_total", reason="clashing_family") == 6
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     om = sc.get("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})[2].decode()
