@@ -138,6 +138,7 @@ class TailedFile:
         self.head = b""
         self.tail = b""
         self.decompressed = False  # fd is a private decompressed copy: nobody rewrites it
+        self.physical = (st.st_dev, st.st_ino)  # the file opened (a .gz for a decompressed copy)
         self.lines = 0
         self.rejected = 0
         self.last_data = time.monotonic()
@@ -368,14 +369,7 @@ class Tailer:
                     self._retire(tf, path)
                     log.info("%s was rotated to %s while stopped; finishing it", path, old)
                     continue
-            if self._finish_from_copy(ident, path):
-                continue
-            if ident.draining and ident.size <= ident.offset:
-                continue  # read to its end before the stop; nothing was lost with it
-            log.warning("%s: the file read up to byte %d (inode %d) is gone and no copy of it was "
-                        "found; what was written to it after that is lost", path, ident.offset,
-                        ident.ino)
-            self.on_gap(path, GAP_DELETED)
+            self._finish_from_copy(ident, path, while_down=True)
         # Generations created and rotated away while we were down were never seen.
         self._read_unseen(sorted(rotated), self._saved_at)
 
@@ -395,7 +389,7 @@ class Tailer:
             return "resumed"
         log.info("%s changed while stopped (truncated or replaced); reading it from the start",
                  ident.path)
-        self._finish_from_copy(ident, ident.path)
+        self._finish_from_copy(ident, ident.path, while_down=True)
         return "changed"
 
     def _open_verified(self, ident: Identity, name: str) -> TailedFile | None:
@@ -415,12 +409,13 @@ class Tailer:
         tf.skipping = ident.skipping
         return tf
 
-    def _finish_from_copy(self, ident: Identity, path: str) -> bool:
+    def _finish_from_copy(self, ident: Identity, path: str, while_down: bool = False) -> bool:
         """Find a copy of a file we read up to ``ident.offset`` (logrotate's copytruncate copy,
-        or a compressed generation) and read the rest from it. Count what is known lost."""
+        or a compressed generation) and read the rest from it. Count what is known lost, and,
+        ``while_down``, a file that was being written and is gone without a copy."""
         if not ident.offset:
             return False
-        open_inodes = {(tf.dev, tf.ino) for tf in self.readable()}
+        open_inodes = {tf.physical for tf in self.readable()}
         compressed_tries = 0
         for st, sibling in sorted(self._siblings(path), key=lambda x: -x[0].st_mtime):
             key = (st.st_dev, st.st_ino)
@@ -446,6 +441,7 @@ class Tailer:
                 if compressed else os.fstat(fd)
             tf = TailedFile(path, fd, stat_for, min(ident.offset, size), sibling)
             tf.decompressed = compressed
+            tf.physical = key
             self._retire(tf, path)
             lost = ident.size - max(size, ident.offset)
             if lost > 0:
@@ -456,11 +452,18 @@ class Tailer:
                 log.info("%s: reading the rest from logrotate's copy %s", path, sibling)
             return True
         if ident.size > ident.offset:
-            log.warning("%s: truncated before %d bytes were read, and no copy was found: lost",
-                        path, ident.size - ident.offset)
+            log.warning("%s: truncated or removed before %d bytes were read, and no copy was found: "
+                        "lost", path, ident.size - ident.offset)
             self.on_gap(path, GAP_TRUNCATED)
         elif any(s.endswith(COMPRESSED[3:]) for _, s in self._siblings(path)):
+            log.warning("%s: the file read up to byte %d is gone; only copies in a compressed format "
+                        "not read here are left: what followed is lost", path, ident.offset)
             self.on_gap(path, GAP_COMPRESSED)
+        elif while_down and not ident.draining:
+            log.warning("%s: the file read up to byte %d (inode %d) was removed or replaced while "
+                        "stopped and no copy of it was found: what was written to it after that is "
+                        "lost", path, ident.offset, ident.ino)
+            self.on_gap(path, GAP_DELETED)
         return False
 
     def _open_sibling(self, name: str) -> int | None:
@@ -484,7 +487,7 @@ class Tailer:
     def _read_unseen(self, paths: list[str], since: float) -> None:
         """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
         that are neither open nor a copy of an open file."""
-        known = {(tf.dev, tf.ino) for tf in self.readable()}
+        known = {tf.physical for tf in self.readable()}
         for path in paths:
             try:
                 st = os.stat(path)
@@ -501,7 +504,8 @@ class Tailer:
                     tf.decompressed = True
                     orig = os.stat(sibling)
                     tf.dev, tf.ino = orig.st_dev, orig.st_ino
-                known.add((tf.dev, tf.ino))
+                    tf.physical = (orig.st_dev, orig.st_ino)
+                known.add(tf.physical)
                 self._retire(tf, path)
                 log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
 
@@ -643,10 +647,11 @@ class Tailer:
                 tf.close()
 
     def positions(self) -> dict:
-        out = {f"{tf.dev}:{tf.ino}": tf.position() for tf in self.readable()}
+        # Keyed by what is read: a decompressed copy may carry the number of a reused inode.
+        out = {f"{tf.physical[0]}:{tf.physical[1]}": tf.position() for tf in self.readable()}
         # Saved positions not yet resumed stay until they are.
         for ident in self._saved:
-            out.setdefault(f"{ident.dev}:{ident.ino}", {
+            out.setdefault(f"{ident.dev}:{ident.ino}:saved", {
                 "path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
                 "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
                 "skipping": ident.skipping, "draining": ident.draining})

@@ -1,0 +1,213 @@
+"""Each identity decision of the tailer, on real files, without logrotate or a daemon.
+
+Every line carries a sequence number and the lines otherwise look alike (one writer's
+structured log): the first 64 bytes of every generation are the same.
+"""
+
+import gzip
+import os
+import shutil
+import time
+
+from mlsidecar.sources.tail import GAP_DELETED, HEAD_BYTES, Tailer
+
+
+def line(i: int) -> bytes:
+    return b'{"event":"prediction","model":"m","version":"v","status":"success","latency_s":0.01,"seq":' \
+        + str(i).encode() + b"}\n"
+
+
+def write(path, seqs, mode="ab"):
+    with open(path, mode) as fh:
+        fh.write(b"".join(line(i) for i in seqs))
+
+
+def drain(t: Tailer, rounds: int = 3) -> list[int]:
+    """Scan and read until nothing more comes; the sequence numbers read."""
+    out = []
+    for _ in range(rounds):
+        t.scan()
+        for _ in range(50):
+            got = 0
+            for tf in t.readable():
+                lines = t.read(tf)
+                got += len(lines)
+                out += [int(x.rsplit(b":", 1)[1].rstrip(b"}\r")) for x in lines if x.strip()]
+            if not got:
+                break
+    return out
+
+
+def restart(t: Tailer, patterns, **kw) -> Tailer:
+    """What a crash and a new start do: positions (and the listing time) as last flushed."""
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    return Tailer(patterns, positions=saved, saved_at=at, watch="poll", **kw)
+
+
+def test_alike_generations_share_their_first_64_bytes():
+    assert line(1)[:64] == line(99999)[:64]
+
+
+def test_same_inode_new_content_is_read_from_its_start(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(100))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(100))
+    # Rewritten in place, longer than what was read: same inode, same first bytes.
+    write(log, range(1000, 1200), "r+b")
+    assert os.path.getsize(log) > t.files[str(log)].offset
+    assert drain(t) == list(range(1000, 1200))
+
+
+def test_same_inode_new_content_while_stopped(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(100))
+    t = Tailer([str(log)], watch="poll")
+    drain(t)
+    ino = os.stat(log).st_ino
+    t.stop()
+    t2 = restart(t, [str(log)])
+    with open(log, "r+b") as fh:
+        fh.truncate(0)
+    write(log, range(5000, 5150))
+    assert os.stat(log).st_ino == ino
+    assert drain(t2) == list(range(5000, 5150))
+
+
+def test_copytruncate_copy_is_found_by_content_not_by_its_first_bytes(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(60))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(60))
+    write(log, range(60, 100))  # written, not read yet
+    # A decoy from before: same first KiB, other lines after it (an older generation that
+    # started the same way), newer by mtime than the copy, so it is looked at first.
+    write(tmp_path / "app.jsonl.2", list(range(30)) + list(range(7000, 7100)), "wb")
+    shutil.copyfile(log, tmp_path / "app.jsonl.1")  # logrotate's copy ...
+    with open(log, "r+b") as fh:  # ... and its truncate
+        fh.truncate(0)
+    write(log, range(100, 105))
+    past = t.listed_at - 10
+    os.utime(tmp_path / "app.jsonl.1", (past, past))
+    os.utime(tmp_path / "app.jsonl.2", (past + 1, past + 1))
+    got = drain(t)
+    assert got == list(range(60, 105))
+
+
+def test_copy_taken_before_we_read_on_is_not_a_new_generation(tmp_path):
+    """copytruncate where the sidecar had read past logrotate's copy: the copy is covered."""
+    log = tmp_path / "app.jsonl"
+    write(log, range(40))
+    shutil.copyfile(log, tmp_path / "app.jsonl.1")
+    write(log, range(40, 80))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(80))
+    with open(log, "r+b") as fh:
+        fh.truncate(0)
+    write(log, range(80, 90))
+    assert drain(t) == list(range(80, 90))
+
+
+def test_sibling_older_than_the_last_flush_is_never_read(tmp_path):
+    log = tmp_path / "app.jsonl"
+    old = tmp_path / "app.jsonl.3"
+    write(old, range(900, 950), "wb")  # history from before the sidecar ever ran
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    write(log, range(50))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(50))
+    t2 = restart(t, [str(log)])
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(50, 60), "wb")
+    assert drain(t2) == list(range(50, 60))
+
+
+def test_generation_created_and_rotated_while_stopped_is_read(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(50))
+    t = Tailer([str(log)], watch="poll")
+    drain(t)
+    t2 = restart(t, [str(log)])
+    write(log, range(50, 80))  # written after the last flush
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(80, 120), "wb")  # a generation never seen
+    os.rename(tmp_path / "app.jsonl.1", tmp_path / "app.jsonl.2")
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(120, 127), "wb")
+    assert drain(t2) == list(range(50, 127))
+
+
+def test_rotated_twice_between_two_looks_while_running(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(10))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(10))
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(10, 30), "wb")
+    os.rename(tmp_path / "app.jsonl.1", tmp_path / "app.jsonl.2")
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(30, 33), "wb")
+    assert drain(t) == list(range(10, 33))
+    assert drain(t) == []
+
+
+def test_generation_compressed_while_stopped_is_finished_from_the_gz(tmp_path):
+    """delaycompress with two rotations while down: the generation being read is .2.gz now."""
+    log = tmp_path / "app.jsonl"
+    write(log, range(200))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(200))
+    t2 = restart(t, [str(log)])
+    write(log, range(200, 260))
+    with open(log, "rb") as src, gzip.open(tmp_path / "app.jsonl.2.gz", "wb") as dst:
+        dst.write(src.read())
+    st = os.stat(log)
+    os.utime(tmp_path / "app.jsonl.2.gz", (st.st_atime, st.st_mtime))  # as logrotate keeps it
+    os.unlink(log)
+    write(tmp_path / "app.jsonl.1", range(260, 300), "wb")
+    write(log, range(300, 310), "wb")
+    assert sorted(drain(t2)) == list(range(200, 310))
+    # A further start reads nothing again.
+    t3 = restart(t2, [str(log)])
+    assert drain(t3) == []
+
+
+def test_compressed_copy_of_an_open_file_is_not_a_new_generation(tmp_path):
+    """compress without delaycompress while running: the .gz holds what the open file holds."""
+    log = tmp_path / "app.jsonl"
+    write(log, range(100))
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(100))
+    os.rename(log, tmp_path / "app.jsonl.1")
+    write(log, range(100, 110), "wb")
+    with open(tmp_path / "app.jsonl.1", "rb") as src, gzip.open(tmp_path / "app.jsonl.1.gz", "wb") as dst:
+        dst.write(src.read())
+    os.unlink(tmp_path / "app.jsonl.1")
+    assert drain(t) == list(range(100, 110))
+
+
+def test_generation_deleted_before_it_was_read_is_counted_as_a_gap(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(20))
+    t = Tailer([str(log)], watch="poll")
+    drain(t)
+    gaps = []
+    t2 = restart(t, [str(log)], on_gap=lambda path, reason: gaps.append((path, reason)))
+    write(log, range(20, 40))
+    os.unlink(log)  # rotate N deleted it while we were down
+    write(log, range(40, 45), "wb")
+    assert drain(t2) == list(range(40, 45))
+    assert gaps == [(str(log), GAP_DELETED)]
+
+
+def test_head_grows_with_the_file(tmp_path):
+    log = tmp_path / "app.jsonl"
+    write(log, range(2))
+    t = Tailer([str(log)], watch="poll")
+    drain(t)
+    assert len(t.files[str(log)].head) == os.path.getsize(log)
+    write(log, range(2, 100))
+    drain(t)
+    assert len(t.files[str(log)].head) == HEAD_BYTES
