@@ -116,6 +116,21 @@ def unit_of(name: str) -> str:
     return unit if unit and name.endswith("_" + unit) else ""
 
 
+def _with_exemplars(name: str, lines: list[str], exemplars: dict) -> list[str]:
+    """Bucket lines with their exemplar appended (OpenMetrics), matched by the line's name and labels."""
+    from .exemplars import suffix
+
+    by_prefix = {}
+    for (label_items, le), ex in exemplars.items():
+        base = ",".join(f'{k}="{escape_label(v)}"' for k, v in label_items)
+        by_prefix[f'{name}_bucket{{{base}{"," if base else ""}le="{le}"}} '] = suffix(ex)
+    out = []
+    for line in lines:
+        cut = line.rfind(" ") + 1
+        out.append(line + by_prefix.get(line[:cut], ""))
+    return out
+
+
 def render_labels(labels: tuple[tuple[str, str], ...]) -> str:
     if not labels:
         return ""
@@ -231,6 +246,7 @@ class MetricsReader:
         self._slot_family: list[_Family] = []
         self.skipped_files = 0
         self.skipped_keys: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
+        self.exemplars = None  # an exemplars.ExemplarReader: bucket exemplars in OpenMetrics
         self.series = 0
         # Sample name -> (family, type) that writes it: the catalogue's first, so a foreign
         # file can neither change a built-in family's type nor write into the server's own.
@@ -385,12 +401,15 @@ class MetricsReader:
         now = self.clock()
         out: list[str] = []
         series = 0
+        traced = self.exemplars.by_family() if openmetrics and self.exemplars is not None else {}
         for name in sorted(self.families):
             fam = self.families[name]
             floor = now - fam.expire_after if fam.expire_after != INF else 0.0
             # Removed series carry a negative timestamp; foreign files write 0.
             if fam.type == "histogram":
                 lines = self._histogram_lines(fam, values, stamps, floor)
+                if fam.name in traced:
+                    lines = _with_exemplars(fam.name, lines, traced[fam.name])
             else:
                 lines = [f"{text} {format_value(values[slot])}"
                          for slot, text in fam.simple.items() if stamps[slot] >= floor]

@@ -32,6 +32,7 @@ import time
 from .. import catalogue as C
 from ..config import Config
 from ..events import OVERSIZED
+from ..exemplars import ExemplarStore
 from ..logs import RateLimitedLog
 from ..runtime.state import StateDir
 from ..runtime.worker import Ingest, Stop, make_mapper, make_writer, write_status
@@ -327,6 +328,7 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
     writer = make_writer(cfg, state, identity, journal=False)
     batch = Batch()
     mapper = make_mapper(cfg, batch)
+    mapper.exemplars = ExemplarStore(cfg.state_dir, identity, cfg.static_labels())
     ingest = Ingest(cfg, mapper, batch, writer)
     reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue, src.socket_queue_bytes,
                           src.socket_max_connections, src.socket_buffer_bytes)
