@@ -1,4 +1,5 @@
-"""The analytics engine the Mapper calls: live scores, feature drift, data quality, anomalies.
+"""The analytics engine the Mapper calls: live scores, feature drift, data quality, anomalies,
+version comparison, ROC, feature correlation and importance.
 
 Per event (:meth:`Engine.on_prediction`, :meth:`Engine.label`) it only files
 values into bounded per-model state: a window append, a few dict increments,
@@ -10,8 +11,9 @@ tick so the ``_total`` counters are as fresh as the core's.
 ``build(settings)`` returns None only when every part is switched off, so the
 Mapper then never calls into analytics. With the defaults it returns an
 engine, and labelled predictions get live scores without any configuration.
-An event with none of ``y_true``, ``y_pred``, ``prediction_id``, ``features``
-costs four dict look-ups.
+An event with none of ``y_true``, ``y_pred``, ``prediction_id``, ``features``,
+``score`` costs five dict look-ups. Version comparisons are fed per chunk from
+the Mapper's prediction records (:meth:`Engine.records`), never per event.
 """
 
 from __future__ import annotations

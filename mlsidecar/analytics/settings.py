@@ -1,4 +1,5 @@
-"""The ``[analytics]`` config table (live scores, drift, quality, anomaly windows).
+"""The ``[analytics]`` config table (live scores, drift, quality, anomaly, comparison, ROC,
+correlation windows).
 
 Every window is bounded (by count, and for live scores optionally by time);
 see docs/analytics.md for the keys and their defaults::
@@ -38,6 +39,30 @@ see docs/analytics.md for the keys and their defaults::
     interval = 10.0                # seconds per baseline point
     baseline_points = 60
     min_points = 10
+
+    [analytics.comparison]         # versions of one model side by side (A/B, canary)
+    enabled = true
+    auto = true                    # every model with two live versions
+    window_size = 1000             # last N predictions per version
+    window_seconds = 0.0
+    min_samples = 100              # per side; NaN below
+    confidence_level = 0.95
+    version_ttl = 300.0            # seconds without predictions before a version leaves
+    max_versions = 10
+    [analytics.comparison.baselines]
+    fraud = "v3"                   # else the version with the most traffic
+
+    [analytics.roc]                # prediction events with `score` and a label
+    window_size = 1000
+    min_samples = 50
+    positive_class = ["1", "true"]
+    thresholds = [0.0, 0.1, ..., 1.0]
+
+    [analytics.correlation]        # Pearson r of numeric features
+    features = []                  # empty: the first max_features numeric ones seen
+    max_features = 10
+    window_size = 1000
+    min_samples = 30
 
     [analytics.features.amount]    # declared for every model
     type = "numeric"
