@@ -119,7 +119,7 @@ class Engine:
         pid = ev.get("prediction_id")
         feats = ev.get("features")
         score = ev.get("score")
-        if score is not None:
+        if score is not None and (type(score) is not float or not 0.0 <= score <= 1.0):
             score = check_number(score, "score", 0.0, 1.0)
         if y_true is not None or y_pred is not None:
             if y_pred is None and score is None:

@@ -100,8 +100,18 @@ class RocWindow:
         self.dirty = False
 
     def add(self, score: float, is_positive: bool) -> None:
-        self.scores.push(score)
-        self.positive.push(1 if is_positive else 0)
+        # Ring.push twice, inlined (the per-event path): both rings share one position.
+        sc, pos = self.scores, self.positive
+        h = sc.head
+        sc.data[h] = score
+        pos.data[h] = 1 if is_positive else 0
+        h += 1
+        if h == sc.capacity:
+            h = 0
+        sc.head = pos.head = h
+        if sc.count < sc.capacity:
+            sc.count += 1
+            pos.count = sc.count
         self.dirty = True
 
     def set_gauges(self, batch, labels: tuple[str, str], thresholds, threshold_labels,
