@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 from . import __version__
 from . import config as configmod
@@ -127,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=50.0, help="demo predictions per second (default 50)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     demo.add_argument("--events-file", metavar="PATH", help="where the demo writes (default: in the state dir)")
+    from .demo import add_demo_flags
+
+    add_demo_flags(demo)
 
     check = sub.add_parser("check-config", help="validate a config file",
                            description="Validate a config file; print what is wrong, naming the key.")
@@ -220,7 +222,7 @@ def _watch_demo_workload(cfg: configmod.Config, pid_file: str) -> configmod.Conf
 
 
 def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
-            demo_pid_file: str | None = None) -> int:
+            demo_pid_file: str | None = None, on_bound=None) -> int:
     from . import logs
     from .runtime.supervisor import Supervisor
     from .server import bind
@@ -261,6 +263,8 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
     except OSError as exc:
         return _fail(f"cannot listen on {cfg.server.listen}: {exc.strerror} "
                      "(another process has the port? choose one with --listen)")
+    if on_bound is not None:
+        on_bound(cfg)  # the demo: what to run next, now that the port is ours
     if not (cfg.sources.tail or cfg.sources.socket or cfg.sources.socket_datagram):
         log.warning("no sources configured (--tail, --socket): serving collector and self metrics only")
     notify = None
@@ -273,46 +277,9 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import multiprocessing
+    from .demo import run_demo
 
-    from .demo import DemoWorkload
-
-    state_dir = args.state_dir or tempfile.mkdtemp(prefix="mlsidecar-demo-")
-    args.state_dir = state_dir
-    args.listen = args.listen or "127.0.0.1:9877"
-    path = args.events_file or os.path.join(state_dir, "demo-events.jsonl")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    open(path, "ab").close()
-
-    def write() -> None:
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        DemoWorkload(path, rate=args.rate).run(args.duration)
-
-    writer = multiprocessing.get_context("fork").Process(target=write, name="demo-workload", daemon=True)
-    writer.start()
-    pid_file = os.path.join(state_dir, "demo-workload.pid")
-    with open(pid_file, "w") as fh:
-        fh.write(f"{writer.pid}\n")
-    print(f"mlsidecar demo: workload writing {path}\n"
-          f"  metrics: curl http://{args.listen}/metrics\n"
-          f"  status:  http://{args.listen}/\n  stop:    Ctrl-C", file=sys.stderr)
-    timer = None
-    if args.duration:
-        import signal
-        import threading
-
-        timer = threading.Timer(args.duration + 2.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-        timer.daemon = True
-        timer.start()
-    try:
-        return cmd_run(args, demo_path=path, demo_pid_file=pid_file)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        writer.terminate()
-        writer.join(5)
+    return run_demo(args, cmd_run)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
