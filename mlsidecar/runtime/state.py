@@ -15,9 +15,12 @@ directory does not grow with every change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import mmap
 import os
+import struct
 import time
 
 import orjson
@@ -175,3 +178,66 @@ def _readable(path: str, strict: bool = False) -> bool:
         return os.path.getsize(path) >= 8
     except Exception:  # noqa: BLE001 - any failure means we cannot serve it
         return False
+
+
+class SocketLedger:
+    """Lines a socket worker took off each socket, and how many of them it has flushed
+    (counted, rejected or dropped), kept in a small memory-mapped file per source.
+
+    The page cache keeps what is written to the map when the process is SIGKILLed (not on a
+    power loss), so the next start knows how many lines sat in the queue or in an unflushed
+    batch at the crash: ``received - accounted``. They are counted as dropped (reason
+    ``crash``) instead of vanishing.
+    """
+
+    _PAIR = struct.Struct("qq")
+
+    def __init__(self, state: "StateDir", identity: str):
+        self.dir = state.journals
+        self.identity = identity
+        self._maps: dict[str, mmap.mmap] = {}
+        self._pending: dict[str, int] = {}
+
+    def _map(self, source: str) -> mmap.mmap:
+        m = self._maps.get(source)
+        if m is None:
+            digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+            path = os.path.join(self.dir, f"{self.identity}-{digest}.ledger")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                if os.fstat(fd).st_size < self._PAIR.size:
+                    os.posix_fallocate(fd, 0, self._PAIR.size)
+                m = self._maps[source] = mmap.mmap(fd, self._PAIR.size)
+            finally:
+                os.close(fd)
+        return m
+
+    def lost_at_last_stop(self, source: str) -> int:
+        """Lines received but never flushed by the last run; from now on they count as flushed
+        (once the caller's next flush holds them)."""
+        received, accounted = self._PAIR.unpack_from(self._map(source), 0)
+        lost = max(0, received - accounted)
+        self._pending[source] = self._pending.get(source, 0) + lost
+        return lost
+
+    def received(self, source: str, n: int) -> None:
+        """Called by the reader thread for every batch of lines taken off a socket."""
+        m = self._map(source)
+        struct.pack_into("q", m, 0, struct.unpack_from("q", m, 0)[0] + n)
+
+    def took(self, source: str, n: int) -> None:
+        """``n`` lines of ``source`` are in the batch (or counted as dropped) for the next flush."""
+        self._pending[source] = self._pending.get(source, 0) + n
+
+    def flushed(self) -> None:
+        """The batch holding everything ``took`` reported is on disk."""
+        for source, n in self._pending.items():
+            if n:
+                m = self._map(source)
+                struct.pack_into("q", m, 8, struct.unpack_from("q", m, 8)[0] + n)
+        self._pending.clear()
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()

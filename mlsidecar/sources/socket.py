@@ -34,7 +34,7 @@ from ..config import Config
 from ..events import OVERSIZED
 from ..exemplars import ExemplarStore
 from ..logs import RateLimitedLog
-from ..runtime.state import StateDir
+from ..runtime.state import SocketLedger, StateDir
 from ..runtime.worker import Ingest, Stop, make_mapper, make_writer, write_status
 from ..store import Batch
 
@@ -45,6 +45,7 @@ READ_BYTES = 1 << 16
 # lines of all stream connections reached sources.socket_buffer_bytes.
 BACKPRESSURE = "backpressure"
 BUFFER_LIMIT = "buffer_limit"
+CRASH = "crash"  # taken off the socket, then lost with the process (counted at the next start)
 # mlsidecar_socket_connections_rejected_total{reason}
 CONNECTION_LIMIT = "connection_limit"
 FD_LIMIT = "fd_limit"
@@ -86,6 +87,8 @@ def bind_unix(path: str, kind: int, mode: int, group: str = "") -> socket.socket
 class SocketReader(threading.Thread):
     """Drains the sockets into a bounded queue of line lists; drops (and counts) when full."""
 
+    ledger: SocketLedger | None = None  # lines taken off the sockets, for the next start
+
     def __init__(self, stream: socket.socket | None, dgram: socket.socket | None,
                  max_line_bytes: int, max_pending: int, max_pending_bytes: int = 16 << 20,
                  max_connections: int = 256, max_buffered_bytes: int = 8 << 20):
@@ -124,6 +127,8 @@ class SocketReader(threading.Thread):
 
     def _offer(self, source: str, lines: list[bytes], nbytes: int) -> None:
         n = len(lines)
+        if self.ledger is not None:  # before anything can be lost: a crash counts it later
+            self.ledger.received(str(source), n)
         with self.lock:
             if self.pending + n > self.max_pending or self.pending_bytes + nbytes > self.max_pending_bytes:
                 self._drop(source, BACKPRESSURE, n)
@@ -333,10 +338,16 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
     reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue, src.socket_queue_bytes,
                           src.socket_max_connections, src.socket_buffer_bytes)
     stop.wake = reader.wake
-    reader.start()
+    reader.ledger = ledger = SocketLedger(state, identity)
     sources = [str(n) for n in reader.names.values()]
     for s in sources:
         batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), 0)
+        lost = ledger.lost_at_last_stop(s)
+        batch.inc(C.EVENTS_DROPPED, (s, CRASH), lost)
+        if lost:
+            log.warning("%s: %d lines taken off the socket before the last crash were never counted "
+                        "(queued or not flushed yet); counted as dropped (reason %s)", s, lost, CRASH)
+    reader.start()
     if stream is not None:
         name = str(reader.names["stream"])
         batch.inc(C.EVENTS_DROPPED, (name, BUFFER_LIMIT), 0)
@@ -349,11 +360,14 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
             item = reader.take()
             if item is not None:
                 ingest.lines(item[1], item[0])
+                ledger.took(str(item[0]), len(item[1]))
             now = time.time()
             if item is None or now - last_flush >= src.flush_interval:
                 dropped, oversized, rejected = reader.drain_counts()
                 for (s, reason), n in dropped.items():
                     batch.inc(C.EVENTS_DROPPED, (str(s), reason), n)
+                    if reason == BACKPRESSURE:  # offered, then dropped: accounted for
+                        ledger.took(str(s), n)
                 for reason, n in rejected.items():
                     batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (str(reader.names["stream"]), reason), n)
                 for s, n in oversized.items():
@@ -362,6 +376,7 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
                 if batch or not last_flush:
                     writer.apply(batch, now)
                     writer.flush()
+                ledger.flushed()
                 last_flush = now
                 if now - last_status >= 1.0:
                     write_status(state, identity, "socket", {
@@ -376,9 +391,20 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
         # Flush what was already taken; what is still queued is counted as dropped.
         while (item := reader.take()) is not None:
             ingest.lines(item[1], item[0])
+            ledger.took(str(item[0]), len(item[1]))
+        dropped, oversized, rejected = reader.drain_counts()
+        for (s, reason), n in dropped.items():
+            batch.inc(C.EVENTS_DROPPED, (str(s), reason), n)
+            if reason == BACKPRESSURE:
+                ledger.took(str(s), n)
+        for reason, n in rejected.items():
+            batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (str(reader.names["stream"]), reason), n)
+        for s, n in oversized.items():
+            ingest.reject(s, OVERSIZED, n)
         mapper.tick(time.time())
         writer.apply(batch)
         writer.flush()
+        ledger.flushed()
     finally:
         reader.stopping = True
         for s, path in ((stream, src.socket), (dgram, src.socket_datagram)):
