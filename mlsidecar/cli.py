@@ -114,8 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the sidecar",
-                         description="Run the sidecar: follow sources, collect, serve /metrics. "
-                                     "--no-collector.NAME turns a collector off.",
+                         description="Run the sidecar: follow sources, collect, serve /metrics.",
                          epilog=ENDPOINTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(run)
 

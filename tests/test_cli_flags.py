@@ -110,3 +110,23 @@ def test_logs_are_logfmt_by_default_and_json_on_request(sidecar_factory):
     records = [json.loads(ln) for ln in sc.log().splitlines() if ln.strip()]
     assert records and all({"ts", "level", "worker", "logger", "msg"} <= r.keys() for r in records)
     assert {"supervisor", "server"} <= {r["worker"] for r in records}
+
+
+def readme_usage_block() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("\n## Using it\n", 1)[1]
+    return re.search(r"```text\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "probe", "reference"])
+def test_the_readme_usage_block_lists_every_flag(command):
+    block = readme_usage_block()
+    assert f"mlsidecar {command}" in block
+    help_text = mlsidecar(command, "--help").stdout
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][\w.-]*)", help_text)) - {"--help"}
+    assert flags, help_text
+    listed = set(re.findall(r"(?<![\w-])(--[a-z][\w.-]*)", block))
+    missing = sorted(f for f in flags if f not in listed)
+    assert not missing, f"README's usage block lacks {missing} of `mlsidecar {command}`"
