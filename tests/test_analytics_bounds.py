@@ -8,9 +8,16 @@ import random
 import sys
 
 from mlsidecar.analytics import engine
-from mlsidecar.analytics.settings import (AnalyticsSettings, AnomalySettings, ComparisonSettings,
-                                          CorrelationSettings, DriftSettings, PerformanceSettings,
-                                          QualitySettings, RocSettings)
+from mlsidecar.analytics.settings import (
+    AnalyticsSettings,
+    AnomalySettings,
+    ComparisonSettings,
+    CorrelationSettings,
+    DriftSettings,
+    PerformanceSettings,
+    QualitySettings,
+    RocSettings,
+)
 from mlsidecar.store import Batch
 
 EVENTS = 1_000_000

@@ -14,7 +14,11 @@ from mlsidecar.analytics import comparison as cmp
 from mlsidecar.analytics import distributions as D
 from mlsidecar.analytics import engine
 from mlsidecar.analytics.engine import DROPPED
-from mlsidecar.analytics.settings import AnalyticsSettings, ComparisonSettings, PerformanceSettings
+from mlsidecar.analytics.settings import (
+    AnalyticsSettings,
+    ComparisonSettings,
+    PerformanceSettings,
+)
 from mlsidecar.config import ConfigError, from_dict
 from mlsidecar.mapping import Mapper
 from mlsidecar.store import Batch

@@ -11,7 +11,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from mlsidecar.analytics import engine, roc
 from mlsidecar.analytics.performance import CONFUSION, LABEL_JOINS
-from mlsidecar.analytics.settings import AnalyticsSettings, PerformanceSettings, RocSettings
+from mlsidecar.analytics.settings import (
+    AnalyticsSettings,
+    PerformanceSettings,
+    RocSettings,
+)
 from mlsidecar.config import ConfigError, from_dict
 from mlsidecar.events import INVALID_VALUE, Rejected
 from mlsidecar.mapping import Mapper
@@ -81,7 +85,8 @@ def scored(n, rng, inline=True):
 
 
 def truth_and_scores(events, size):
-    pos = lambda v: v in (1, True, "1")  # noqa: E731
+    def pos(v):
+        return v in (1, True, "1")
     last = events[-size:]
     return [int(pos(ev["y_true"])) for ev in last], [ev["score"] for ev in last]
 

@@ -27,11 +27,11 @@ from . import reference as refmod
 from .anomaly import AnomalyTracker
 from .comparison import Comparisons
 from .correlation import FeatureCorrelation
-from .importance import ImportanceTracker
-from .roc import RocWindow, threshold_label
 from .drift import DRIFT_KS, DRIFT_PSI, DRIFT_WINDOW, KS_STAT, FeatureDrift
+from .importance import ImportanceTracker
 from .performance import LabelJoin, LiveWindow, class_label, prediction_key
 from .quality import PROBLEMS, RATE, FeatureTracker, flush_counters, model_scores
+from .roc import RocWindow, threshold_label
 from .settings import AnalyticsSettings
 
 log = logging.getLogger("mlsidecar.analytics")
@@ -149,7 +149,7 @@ class Engine:
                 roc.add(score, y_true in self.positive)
         elif pid is not None and self.join is not None:
             if y_pred is not None and self.perf_on:
-                self.join.wait(pid, now, ms.perf, y_pred, (self._roc_label, roc, score) if roc else None)
+                self.join.wait(pid, now, ms.perf, y_pred, (self._roc_label, roc, score) if roc is not None else None)
             elif roc is not None:
                 self.join.wait(pid, now, None, None, (self._roc_label, roc, score))
         if feats is not None:
