@@ -28,6 +28,7 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
@@ -127,7 +128,7 @@ class Ring:
 
     def __init__(self, capacity: int, typecode: str = "d"):
         self.capacity = capacity
-        self.data = array(typecode, bytes(array(typecode).itemsize * capacity))
+        self.data: array[Any] = array(typecode, bytes(array(typecode).itemsize * capacity))
         self.head = 0  # next write position
         self.count = 0
 
@@ -221,10 +222,10 @@ class VersionStats:
     def trim(self, horizon: float) -> None:
         """Forget predictions that arrived before ``horizon``."""
         st = self.stamps
-        old_pred = old_conf = None
+        old_pred = old_conf = -1
         while st and st[0][0] < horizon:
             _, old_pred, old_conf = st.popleft()
-        if old_pred is not None:
+        if old_pred >= 0:
             self.latency.keep_newest(self.traffic - old_pred)
             self.errors.keep_newest(self.traffic - old_pred)
             self.confidence.keep_newest(self.n_conf - old_conf)

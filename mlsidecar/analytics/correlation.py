@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
@@ -71,7 +72,7 @@ class FeatureCorrelation:
         self.known.add(name)
         self.columns.append(array("d", [NAN]) * self.size)
 
-    def observe(self, feats: dict) -> None:
+    def observe(self, feats: dict[str, Any]) -> None:
         if not self.fixed and len(self.names) < self.max_features:
             for name, v in feats.items():
                 t = type(v)
