@@ -148,7 +148,7 @@ RUN_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 864
 
 MODEL = ("model_name", "model_version")
 
-# --- model (the seed's MLModelExporter) -------------------------------------
+# --- model ---------------------------------------------------------------------
 PREDICTIONS = _f(
     "ml_predictions_total", COUNTER, "Predictions served, by outcome.",
     MODEL + ("status",), fed_by="prediction",
@@ -198,7 +198,7 @@ MODEL_SIZE = _f(
     MODEL, unit="bytes", fed_by="deployment (size_bytes)",
 )
 
-# --- training (the seed's TrainingJobExporter) -------------------------------
+# --- training ------------------------------------------------------------------
 JOB = ("job_name",)
 TRAINING_EPOCH = _f(
     "ml_training_current_epoch", GAUGE, "Current training epoch.", JOB, fed_by="training",
@@ -262,7 +262,7 @@ TRAINING_RUN_DURATION = _f(
     JOB + ("status",), RUN_BUCKETS, unit="seconds", fed_by="training (status)",
 )
 
-# --- data pipeline (the seed's DataPipelineExporter) -------------------------
+# --- data pipeline -------------------------------------------------------------
 PIPE = ("pipeline_name",)
 PIPELINE_RECORDS = _f(
     "ml_pipeline_records_processed_total", COUNTER, "Records processed by a pipeline stage.",

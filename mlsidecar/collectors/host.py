@@ -2,7 +2,7 @@
 
 Most clusters already run node_exporter on every node, which reads the same
 and more; this collector is for boxes without it (a lone GPU server, a
-laptop demo) and for the few host readings the seed's alert rules need next
+laptop demo) and for the few host readings our alert rules need next
 to the workload's metrics (``StorageSpaceRunningOut`` watches ``/data*``
 mounts). Turn it on with ``[collectors.host] enabled = true`` or
 ``--collector.host``.
