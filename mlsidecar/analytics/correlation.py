@@ -74,13 +74,14 @@ class FeatureCorrelation:
 
     def observe(self, feats: dict[str, Any]) -> None:
         if not self.fixed and len(self.names) < self.max_features:
-            for name, v in feats.items():
-                t = type(v)
+            for name, value in feats.items():
+                t = type(value)
                 if (t is float or t is int) and name not in self.known \
                         and len(self.names) < self.max_features:
                     self._add_column(name)
         h = self.head
         get = feats.get
+        v: Any
         for name, col in zip(self.names, self.columns):
             v = get(name)
             t = type(v)
