@@ -318,6 +318,12 @@ class Acceptor:
                     await asyncio.sleep(0.05)
                 continue
             if self.open >= self.limit:
+                # Connections accepted in the same burst may not be set up yet (not evictable):
+                # give them a few turns of the loop first.
+                for _ in range(4):
+                    if self.open <= len(self.live) or any(not c.busy for c in self.live.values()):
+                        break
+                    await asyncio.sleep(0)
                 if self._evict_idle():
                     self.on_reject("evicted_idle")
                     self.warn.warning("evict", "scrape port: %d connections open (server.max_connections); "

@@ -195,3 +195,26 @@ def test_out_of_descriptors_the_server_pauses_and_recovers(tmp_path, sidecar_fac
     s = parse(sc.metrics_text())
     assert total(s, "mlsidecar_http_rejected_total", reason="fd_limit") >= 1
     assert sc.proc.poll() is None
+
+
+def test_a_probe_in_the_same_burst_as_slow_clients_still_gets_in(tmp_path, sidecar_factory):
+    """The server was stopped (SIGSTOP: a busy box) while slow clients and a probe queued up."""
+    import concurrent.futures
+    import signal
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nmax_connections = 20\nheader_timeout = 60.0\n")
+    sc = sidecar_factory(config=str(cfg)).start()
+    pid = worker_pid(sc, "server")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        slow = open_slow(sc.port, 20)  # the kernel queues them; nothing is accepted yet
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            probe = pool.submit(sc.get, "/healthz")
+            import time
+            time.sleep(0.2)  # the probe's connection is in the queue behind the slow ones
+            os.kill(pid, signal.SIGCONT)
+            assert probe.result(timeout=30)[0] == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for c in slow:
+            c.close()
