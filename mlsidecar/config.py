@@ -18,7 +18,7 @@ DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_STATE_DIR = "/var/lib/mlsidecar"
 # Fits the shipped memory limits (128Mi in the manifests, MemoryMax=256M in the unit) with room:
 # about 2 KiB per series across the worker and the server (docs/operations.md).
-DEFAULT_MAX_SERIES = 20000
+DEFAULT_MAX_SERIES = 6000
 LOG_FORMATS = ("logfmt", "json")
 
 
@@ -51,7 +51,7 @@ class SourcesConfig:
     socket_mode: int = 0o660
     socket_group: str = ""
     socket_queue: int = 10000
-    socket_queue_bytes: int = 16 * 1024 * 1024
+    socket_queue_bytes: int = 4 * 1024 * 1024
     socket_max_connections: int = 256
     socket_buffer_bytes: int = 8 * 1024 * 1024
     max_line_bytes: int = 256 * 1024
@@ -68,7 +68,7 @@ class LimitsConfig:
     # Prometheus stores), shared out among the ingest workers; see series_share().
     max_series: int = DEFAULT_MAX_SERIES
     # Families created by `metric` events (per ingest worker).
-    max_user_metrics: int = 1000
+    max_user_metrics: int = 500
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         socket_mode=mode_int,
         socket_group=s.get("socket_group", str, ""),
         socket_queue=s.positive("socket_queue", int, 10000),
-        socket_queue_bytes=s.positive("socket_queue_bytes", int, 16 * 1024 * 1024),
+        socket_queue_bytes=s.positive("socket_queue_bytes", int, 4 * 1024 * 1024),
         socket_max_connections=s.positive("socket_max_connections", int, 256),
         socket_buffer_bytes=s.positive("socket_buffer_bytes", int, 8 * 1024 * 1024),
         max_line_bytes=s.positive("max_line_bytes", int, 256 * 1024),
@@ -300,7 +300,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         max_series_per_metric=s.positive("max_series_per_metric", int, 10000),
         label_value_length=s.positive("label_value_length", int, 128),
         max_series=s.positive("max_series", int, DEFAULT_MAX_SERIES),
-        max_user_metrics=s.positive("max_user_metrics", int, 1000),
+        max_user_metrics=s.positive("max_user_metrics", int, 500),
     )
     s.finish()
 

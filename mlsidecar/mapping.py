@@ -53,7 +53,7 @@ class Mapper:
     def __init__(self, batch: Batch, *, metric_prefix: str = "", user_mappings=(),
                  metric_buckets: tuple[float, ...] = C.LATENCY_BUCKETS, analytics=None,
                  error_rate_window: float = 300.0, clock: Callable[[], float] = time.time,
-                 max_user_metrics: int = 1000, max_error_rates: int = 10000):
+                 max_user_metrics: int = 500, max_error_rates: int = 10000):
         self.batch = batch
         self.metric_prefix = metric_prefix
         self.user_mappings = {}

@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class SlidingRatio:
-    """Errors / total over the last ``window`` seconds, kept in ``slots`` time buckets."""
+    """Errors / total over the last ``window`` seconds, kept in ``slots`` time buckets.
+
+    Small on purpose (slots, a short list): there is one per pipeline stage, and a
+    workload may have thousands of stages.
+    """
+
+    __slots__ = ("width", "slots", "_buckets", "published")
 
     def __init__(self, window: float = 300.0, slots: int = 30):
         self.width = window / slots
         self.slots = slots
-        self._buckets: deque[list] = deque()  # [bucket start, total, errors]
+        self._buckets: list[list[float]] = []  # [bucket start, total, errors], oldest first
         self.published: float | None = None  # the value last handed out as a gauge
 
     def add(self, now: float, total: float, errors: float) -> None:
         start = now - now % self.width
-        if self._buckets and self._buckets[-1][0] == start:
-            b = self._buckets[-1]
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == start:
+            b = buckets[-1]
             b[1] += total
             b[2] += errors
         else:
-            self._buckets.append([start, total, errors])
+            buckets.append([start, total, errors])
         self._trim(now)
 
     def _trim(self, now: float) -> None:
         horizon = now - self.width * self.slots
-        while self._buckets and self._buckets[0][0] <= horizon:
-            self._buckets.popleft()
+        buckets = self._buckets
+        old = 0
+        while old < len(buckets) and buckets[old][0] <= horizon:
+            old += 1
+        if old:
+            del buckets[:old]
 
     def ratio(self, now: float) -> float | None:
         """The share of errors in the window, or None when the window saw nothing."""

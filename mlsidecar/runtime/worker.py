@@ -111,7 +111,8 @@ def make_mapper(cfg: Config, batch: Batch) -> Mapper:
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
                   error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
                   max_user_metrics=cfg.limits.max_user_metrics,
-                  max_error_rates=cfg.limits.max_series_per_metric)
+                  # An error-rate window beyond what the worker may export would be kept for nothing.
+                  max_error_rates=min(cfg.limits.max_series_per_metric, cfg.series_share()))
 
 
 class Ingest:
