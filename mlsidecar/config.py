@@ -89,6 +89,7 @@ class Config:
     collectors: tuple[tuple[str, Any], ...] = ()
     analytics: Any = None
     cost: Any = None
+    impact: Any = None
 
     def static_labels(self, environ=os.environ) -> dict[str, str]:
         """Config labels plus labels read from the environment (Kubernetes downward API)."""
@@ -225,7 +226,7 @@ def load(path: str | None = None) -> Config:
 
 
 def from_dict(data: dict, source: str = "(config)") -> Config:
-    from . import collectors, cost, usermap  # late: they import config
+    from . import collectors, cost, impact, usermap  # late: they import config
     from .analytics import settings as analytics_settings
 
     top = Section(source, "", data)
@@ -326,6 +327,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     cfg["collectors"] = collectors.parse_config(top.table("collectors"))
     cfg["analytics"] = analytics_settings.parse(top.table("analytics"))
     cfg["cost"] = cost.parse(top.table("cost"))
+    cfg["impact"] = impact.parse(top.table("impact"))
     top.finish()
     return Config(**cfg)
 

@@ -51,7 +51,7 @@ SECTIONS = (
 
 def load_everything() -> None:
     """Import every module that registers families."""
-    from . import analytics, collectors, selfmetrics  # noqa: F401  (they register families)
+    from . import analytics, collectors, cost, impact, selfmetrics  # noqa: F401  (they register families)
 
     collectors.load_all()
     for info in pkgutil.iter_modules(analytics.__path__):

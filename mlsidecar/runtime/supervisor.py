@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import __version__
 from .. import catalogue as C
-from .. import cost
+from .. import cost, impact
 from ..config import Config, ConfigError
 from ..logs import RateLimitedLog
 from ..store import SeriesWriter
@@ -181,6 +181,8 @@ class Supervisor:
             self.writer.inc(C.WORKER_RESTARTS, (spec.identity,), 0)
         # Currency, prices and budgets from [cost]: what the cost rules and dashboards divide by.
         cost.export_config(self.writer, self.cfg.cost)
+        # Per-model criticality, revenue, users and the severity/health weights from [impact].
+        impact.export_config(self.writer, self.cfg.impact)
         self._flush()
 
     def _flush(self) -> None:
