@@ -31,15 +31,17 @@ INJECTIONS = {
     "training-stalled": "TrainingJobStalled",
     "loss-nan": "TrainingLossExplosion",
     "schema-violations": "SchemaViolationsDetected",
+    "canary-worse": "ModelCandidateWorse",
 }
 
-# One step each, in turn: resnet50 serves a canary (v4 gets a third of its traffic, is a little
-# less accurate and slower, so the comparison is significant after a few minutes), and
-# fraud-detector is a binary classifier reporting a score (ROC AUC).
+# One step each, in turn: resnet50 serves a canary (v4 gets a third of its traffic; with
+# --inject canary-worse it is a little less accurate and slower, so the comparison is significant
+# after a few minutes), and fraud-detector is a binary classifier reporting a score (ROC AUC).
 MODELS = (("resnet50", "v3"), ("resnet50", "v4"), ("bert-intent", "v12"), ("resnet50", "v3"),
           ("fraud-detector", "v2"))
-ACCURACY = {"v3": 0.95, "v4": 0.88}
-SLOWER = {"v4": 1.25}
+ACCURACY = {"v3": 0.95, "v4": 0.95}
+WORSE_CANARY = {"v4": 0.88}  # accuracy with --inject canary-worse
+SLOWER = {"v4": 1.25}  # latency factor with --inject canary-worse
 FEATURES = ("age", "income", "country")
 COUNTRIES = ("de", "fr", "us", "jp")
 
@@ -80,13 +82,16 @@ class DemoWorkload:
         shifted = self.drift_after is not None and elapsed > self.drift_after
         broken = self.inject if elapsed > self.inject_after else frozenset()
         y_true = rng.choice(("cat", "dog", "bird"))
-        correct = rng.random() < (0.35 if bad else ACCURACY.get(version, 0.93))
+        canary_worse = "canary-worse" in broken
+        accuracy = (WORSE_CANARY if canary_worse else ACCURACY).get(version, ACCURACY.get(version, 0.93))
+        correct = rng.random() < (0.35 if bad else accuracy)
         y_pred = y_true if correct else rng.choice([c for c in ("cat", "dog", "bird") if c != y_true])
         age = round(rng.gauss(40, 12), 1)
         ev = {
             "event": "prediction", "model": model, "version": version,
             "status": "error" if rng.random() < 0.005 else "success",
-            "latency_s": round(rng.lognormvariate(math.log(0.03), 0.6) * SLOWER.get(version, 1.0), 5),
+            "latency_s": round(rng.lognormvariate(math.log(0.03), 0.6)
+                               * (SLOWER.get(version, 1.0) if canary_worse else 1.0), 5),
             "confidence": round(min(1.0, max(0.0, rng.betavariate(8, 2))), 4),
             "y_true": y_true, "y_pred": y_pred,
             "features": {"age": age,

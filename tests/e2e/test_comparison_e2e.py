@@ -48,7 +48,7 @@ def test_demo_canary_is_significant_and_every_comparison_panel_has_data(tmp_path
     require_tool("prometheus")
     demo_log = tmp_path / "demo.jsonl"
     stop = threading.Event()
-    demo = DemoWorkload(str(demo_log), rate=250)
+    demo = DemoWorkload(str(demo_log), rate=250, inject=("canary-worse",))
     thread = threading.Thread(target=demo.run, kwargs={"stop": stop.is_set}, daemon=True)
     thread.start()
     prom = None
