@@ -118,3 +118,16 @@ def test_feature_importance_events_become_gauges_bounded():
                 {"importances": {"a": 1}, "method": 3}):
         with pytest.raises(Rejected):
             m.handle({"event": "feature_importance", "model": "m", **bad})
+
+
+def test_huge_values_do_not_overflow_and_equal_numpy_scaled():
+    x = [1e308, -1e308, 5e307, 1.0, 3e307]
+    y = [1.0, 2.0, 3.0, 4.0, 2.5]
+    ref = np.corrcoef(np.array(x) / 1e300, y)[0, 1]  # r does not depend on the scale
+    assert pearson(x, y)[1] == pytest.approx(ref, abs=TOL)
+    c = FeatureCorrelation(10, ("a", "b"), 2)
+    b = Batch()
+    for a_, b_ in zip(x, y):
+        c.observe({"a": a_, "b": b_})
+    c.set_gauges(b, ("m", "v"), 2)
+    assert list(b.gauges.values()) == [pytest.approx(ref, abs=TOL)]

@@ -31,12 +31,24 @@ CORRELATION = C.register(Family(
     C.MODEL + ("feature_a", "feature_b"), fed_by="prediction (features)", expire_after=6 * HOUR))
 
 
+def _power_of_two_scale(values) -> float:
+    """A power of two that brings the largest |value| down to [0.5, 1): exact, r unchanged."""
+    top = max((abs(v) for v in values), default=0.0)
+    exponent = math.frexp(top)[1] if top > 1.0 else 0
+    return math.ldexp(1.0, -exponent)
+
+
 def pearson(xs, ys) -> tuple[int, float]:
     """(complete pairs, Pearson r) over the pairs where neither value is NaN."""
     pairs = [(x, y) for x, y in zip(xs, ys) if x == x and y == y]
     n = len(pairs)
     if n < 2:
         return n, NAN
+    # Scaled by powers of two (exact), so that sums and squares of huge values cannot overflow.
+    sx = _power_of_two_scale(p[0] for p in pairs)
+    sy = _power_of_two_scale(p[1] for p in pairs)
+    if sx != 1.0 or sy != 1.0:
+        pairs = [(x * sx, y * sy) for x, y in pairs]
     mx = math.fsum(p[0] for p in pairs) / n
     my = math.fsum(p[1] for p in pairs) / n
     sxx = math.fsum((p[0] - mx) ** 2 for p in pairs)
