@@ -186,6 +186,8 @@ Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.serie
         """POST /-/reload: ask the supervisor to re-read the config (SIGHUP), as Prometheus does."""
         if not self.cfg.server.enable_lifecycle:
             return web.Response(status=403, text="Lifecycle API is not enabled (--web.enable-lifecycle).\n")
+        if self.cfg.source == "(defaults)":
+            return web.Response(status=409, text="nothing to reload: started without --config\n")
         # After the answer is out: the reload restarts this process too.
         asyncio.get_running_loop().call_later(0.05, os.kill, os.getppid(), signal.SIGHUP)
         return web.Response(text="reload requested\n")

@@ -80,6 +80,12 @@ def test_telemetry_path_health_aliases_and_lifecycle_off_by_default(sidecar_fact
     assert 'href="/custom/metrics"' in status(sc.url + "/")[1]
 
 
+def test_post_reload_without_a_config_file_says_so(sidecar_factory):
+    sc = sidecar_factory("--web.enable-lifecycle").start()
+    assert status(sc.url + "/-/reload", "POST") == (409, "nothing to reload: started without --config\n")
+    assert status(sc.url + "/-/ready")[0] == 200
+
+
 def test_post_reload_rereads_the_config_with_lifecycle_enabled(tmp_path, sidecar_factory):
     events = tmp_path / "events.jsonl"
     events.write_bytes(PREDICTION)
