@@ -204,6 +204,44 @@ Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.serie
         return app
 
 
+class _RateLimitFilter(logging.Filter):
+    """At most one record per message per minute from aiohttp's and asyncio's loggers.
+
+    Whoever reaches the port can make aiohttp log (a malformed request logs an
+    error with a traceback): those become a one-line warning, and repeats are
+    counted into the next line instead of flooding the journal.
+    """
+
+    def __init__(self, interval: float = 60.0, clock=time.monotonic):
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        key = f"{record.name}:{record.msg}"
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):  # the client's fault: no traceback
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                f"{record.getMessage()}: {type(exc).__name__}: {str(exc.message)[:120]!r}", (), None, None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        n = self._suppressed.pop(key, 0)
+        if n:
+            record.msg, record.args = f"{record.getMessage()} ({n} more like this since the last report)", ()
+        return True
+
+
 # accept() errors that mean "out of descriptors or memory": wait, do not spin.
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
@@ -389,6 +427,10 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
         web_cfg = webconfig.load(cfg.server.web_config_file)
         ssl_context = web_cfg.ssl_context()
         middlewares = web_cfg.middlewares(on_reject=server.count_rejected)
+
+    limiter = _RateLimitFilter()
+    for name in ("aiohttp.server", "aiohttp.web", "asyncio"):
+        logging.getLogger(name).addFilter(limiter)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -218,3 +218,22 @@ def test_a_probe_in_the_same_burst_as_slow_clients_still_gets_in(tmp_path, sidec
         os.kill(pid, signal.SIGCONT)
         for c in slow:
             c.close()
+
+
+def test_malformed_requests_cannot_flood_the_log(tmp_path, sidecar_factory):
+    import socket
+    import time
+    sc = sidecar_factory().start()
+    before = len(sc.log_path.read_text().splitlines())
+    for i in range(60):  # bounded: garbage and over-long request lines, as a scanner sends
+        with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as c:
+            c.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n" if i % 2 else b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+            try:
+                c.recv(100)
+            except OSError:
+                pass
+    time.sleep(0.5)
+    lines = sc.log_path.read_text().splitlines()[before:]
+    assert len(lines) <= 3, lines[:4]  # one line per kind per minute, not one per request
+    assert "Traceback" not in "\n".join(lines)
+    assert sc.get("/healthz")[0] == 200
