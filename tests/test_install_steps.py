@@ -50,7 +50,21 @@ def test_the_readme_names_a_venv_under_opt_and_creates_etc_mlsidecar():
     assert any("/usr/local/bin/mlsidecar" in s for s in steps)  # the path the unit's ExecStart runs
 
 
+def checkout_copy(dest: Path) -> Path:
+    """The files of this checkout (not the ignored ones), so that pip's build/ lands in the copy."""
+    r = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                       capture_output=True)
+    if r.returncode != 0:
+        return ROOT  # not a git checkout: run where we are
+    for name in r.stdout.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 def test_the_readme_systemd_steps_in_a_scratch_root(tmp_path, monkeypatch):
+    checkout = checkout_copy(tmp_path / "checkout")
     root = tmp_path / "root"
     for d in ("etc/systemd/system", "usr/local/bin", "opt"):  # there on any Debian or Ubuntu
         (root / d).mkdir(parents=True)
@@ -66,7 +80,7 @@ def test_the_readme_systemd_steps_in_a_scratch_root(tmp_path, monkeypatch):
         elif step.startswith("systemctl"):
             skipped.append(step)  # no systemd here: checked below instead
             continue
-        r = subprocess.run(["sh", "-ec", cmd], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        r = subprocess.run(["sh", "-ec", cmd], cwd=checkout, capture_output=True, text=True, timeout=300,
                            env={"PATH": env_path, "HOME": str(tmp_path), "LANG": "C.UTF-8"})
         assert r.returncode == 0, f"README step failed: {step}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
         ran.append(step)
