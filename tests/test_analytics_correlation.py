@@ -64,7 +64,8 @@ def rows(n, rng):
 def test_engine_window_equals_numpy_pairwise_complete():
     rng = random.Random(1)
     events = rows(3000, rng)
-    _, g, _ = feed(events, AnalyticsSettings(correlation=CorrelationSettings(window_size=1000)))
+    _, g, _ = feed(events, AnalyticsSettings(correlation=CorrelationSettings(window_size=1000,
+                                                                             interval=1.0)))
     last = [ev["features"] for ev in events[-1000:]]
     names = ["age", "income", "n", "score"]  # numeric features, auto-detected
     got = {k[1][2:]: v for k, v in g.items() if k[0] == "ml_feature_correlation"}
@@ -75,6 +76,21 @@ def test_engine_window_equals_numpy_pairwise_complete():
         ref = np.corrcoef(np.array(pairs, dtype=float).T)[0, 1]
         assert r == pytest.approx(ref, abs=TOL), (a, b)
     assert got[("age", "income")] > 0.5
+
+
+def test_recomputed_every_interval_only():
+    rng = random.Random(3)
+    b = Batch()
+    e = engine.Engine(AnalyticsSettings(correlation=CorrelationSettings(interval=10.0, min_samples=2)))
+    m = Mapper(b, analytics=e)
+    updates = 0
+    for t in range(30):  # one tick per second
+        for ev in rows(20, rng):
+            m.handle(ev)
+        m.tick(1000.0 + t)
+        updates += any(f.name == "ml_feature_correlation" for f, _ in b.gauges)
+        b.clear()
+    assert updates == 3
 
 
 def test_configured_features_only_and_nan_below_minimum():

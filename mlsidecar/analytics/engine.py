@@ -90,6 +90,7 @@ class Engine:
         self.thresholds = r.thresholds
         self.threshold_labels = tuple(threshold_label(t) for t in r.thresholds)
         self.corr_on = settings.correlation.enabled
+        self.last_correlation = float("-inf")
         self.importance = ImportanceTracker(settings.max_features, settings.max_models, self._drop)
         self._class_overflow = 0
 
@@ -283,13 +284,16 @@ class Engine:
             self.join.expire(now)
         roc = self.s.roc
         corr_min = self.s.correlation.min_samples
+        corr_due = now - self.last_correlation >= self.s.correlation.interval
+        if corr_due:
+            self.last_correlation = now
         for ms in self.models.values():
             labels = ms.labels
             if ms.perf is not None:
                 ms.perf.set_gauges(batch, labels, now)
             if ms.roc is not None:
                 ms.roc.set_gauges(batch, labels, self.thresholds, self.threshold_labels, roc.min_samples)
-            if ms.corr is not None:
+            if ms.corr is not None and corr_due:
                 ms.corr.set_gauges(batch, labels, corr_min)
             if not ms.features:
                 continue

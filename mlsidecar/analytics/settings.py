@@ -63,6 +63,7 @@ see docs/analytics.md for the keys and their defaults::
     max_features = 10
     window_size = 1000
     min_samples = 30
+    interval = 10.0                # seconds between recomputations
 
     [analytics.features.amount]    # declared for every model
     type = "numeric"
@@ -171,6 +172,7 @@ class CorrelationSettings:
     max_features: int = 10
     window_size: int = 1000
     min_samples: int = 30
+    interval: float = 10.0             # seconds between recomputations (O(k^2 * window) each)
 
 
 @dataclass(frozen=True)
@@ -260,9 +262,9 @@ def _comparison(c) -> ComparisonSettings:
     out = ComparisonSettings(
         enabled=c.get("enabled", bool, True),
         auto=c.get("auto", bool, True),
-        window_size=_bounded(c, "window_size", int, 1000, MAX_WINDOW),
+        window_size=_bounded(c, "window_size", int, 1000, MAX_DRIFT_WINDOW),
         window_seconds=_non_negative(c, "window_seconds", float, 0.0),
-        min_samples=_bounded(c, "min_samples", int, 100, MAX_WINDOW),
+        min_samples=_bounded(c, "min_samples", int, 100, MAX_DRIFT_WINDOW),
         confidence_level=level,
         version_ttl=c.positive("version_ttl", float, 300.0),
         max_versions=_bounded(c, "max_versions", int, 10, 1000),
@@ -313,7 +315,7 @@ def _correlation(c) -> CorrelationSettings:
     for i, f in enumerate(features):
         if type(f) is not str or not f:
             raise c.error(f"features[{i}]", "must be a feature name")
-    max_features = _bounded(c, "max_features", int, 10, 100)
+    max_features = _bounded(c, "max_features", int, 10, 30)
     if len(features) > max_features:
         raise c.error("features", f"names {len(features)} features, more than max_features "
                                   f"({max_features})")
@@ -323,6 +325,7 @@ def _correlation(c) -> CorrelationSettings:
         max_features=max_features,
         window_size=_bounded(c, "window_size", int, 1000, MAX_DRIFT_WINDOW),
         min_samples=_bounded(c, "min_samples", int, 30, MAX_DRIFT_WINDOW),
+        interval=c.positive("interval", float, 10.0),
     )
     if out.min_samples < 2:
         raise c.error("min_samples", "must be >= 2")
