@@ -160,7 +160,9 @@ def torture(mode: str, opts: Options, work: str, log=print) -> dict:
         fh.write(logrotate_conf(mode, path, opts.keep))
     lr_state = os.path.join(run, "logrotate.state")
     state_dir = os.path.join(run, "state")
-    d = Daemon(run, "--tail", path, state_dir=state_dir, port=common.free_port(), log_name="sidecar.log")
+    extra = ["--log-level", os.environ["TORTURE_LOG_LEVEL"]] if os.environ.get("TORTURE_LOG_LEVEL") else []
+    d = Daemon(run, "--tail", path, *extra, state_dir=state_dir, port=common.free_port(),
+               log_name="sidecar.log")
     d.start()
     w = Writer(path, mode != "copytruncate", opts.rate, rng.randrange(1 << 30),
                limit=int(opts.rate * opts.seconds * 2))

@@ -46,7 +46,8 @@ HEAD_BYTES = 1024  # how much of a file's start identifies it
 TAIL_BYTES = 1024  # how much before the read position verifies it
 READ_BYTES = 1 << 20
 MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
-MAX_COMPRESSED_TRIES = 4  # the newest compressed siblings looked into for a lost generation
+COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by more than this
+MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -76,6 +77,7 @@ class Identity:
     size: int = 0  # the size last seen
     skipping: bool = False
     draining: bool = False
+    mtime: float = 0.0  # the file's mtime when last seen unchanged: its copies are not older
 
     @classmethod
     def from_position(cls, pos: dict) -> "Identity":
@@ -85,7 +87,7 @@ class Identity:
             head, tail = bytes.fromhex(pos.get("fingerprint", "")), bytes.fromhex(pos.get("tail", ""))
         return cls(pos["path"], int(pos["dev"]), int(pos["ino"]), int(pos["offset"]), head, tail,
                    int(pos.get("size", pos["offset"])), bool(pos.get("skipping", False)),
-                   bool(pos.get("draining", False)))
+                   bool(pos.get("draining", False)), float(pos.get("mtime", 0.0)))
 
     def same_file(self, fd: int) -> bool:
         """Does ``fd`` (this inode, or a copy) hold what we read, up to ``offset``?"""
@@ -139,6 +141,7 @@ class TailedFile:
         self.tail = b""
         self.decompressed = False  # fd is a private decompressed copy: nobody rewrites it
         self.physical = (st.st_dev, st.st_ino)  # the file opened (a .gz for a decompressed copy)
+        self.mtime = st.st_mtime  # when last seen unchanged
         self.lines = 0
         self.rejected = 0
         self.last_data = time.monotonic()
@@ -152,23 +155,27 @@ class TailedFile:
 
     def identity(self) -> Identity:
         return Identity(self.path, self.dev, self.ino, self.offset, self.head, self.tail,
-                        max(self.size, self.read_to), self.skipping, self.draining)
+                        max(self.size, self.read_to), self.skipping, self.draining, self.mtime)
 
     def position(self) -> dict:
         return {"path": self.path, "dev": self.dev, "ino": self.ino, "offset": self.offset,
                 "head": _b64(self.head), "tail": _b64(self.tail), "size": max(self.size, self.read_to),
-                "skipping": self.skipping, "draining": self.draining}
+                "skipping": self.skipping, "draining": self.draining, "mtime": self.mtime}
 
     def unchanged(self) -> bool:
         """Are the bytes already read still there? False after a truncate or a rewrite."""
         if self.decompressed:
             return True
-        if os.fstat(self.fd).st_size < self.read_to:
+        st = os.fstat(self.fd)
+        if st.st_size < self.read_to:
             return False
         if self.head and os.pread(self.fd, len(self.head), 0) != self.head:
             return False
         n = len(self.tail)
-        return not n or os.pread(self.fd, n, self.offset - n) == self.tail
+        if n and os.pread(self.fd, n, self.offset - n) != self.tail:
+            return False
+        self.mtime = st.st_mtime
+        return True
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -362,16 +369,21 @@ class Tailer:
             rotated.add(path)
             if found == "changed":
                 continue
-            old = self._find_inode(os.path.dirname(path) or ".", ident.dev, ident.ino)
-            if old is not None:
+            tf = None
+            for _attempt in range(4):  # logrotate may rename it between the look and the open
+                old = self._find_inode(os.path.dirname(path) or ".", ident.dev, ident.ino)
+                if old is None:
+                    break
                 tf = self._open_verified(ident, old)
-                if tf is not None:
-                    self._retire(tf, path)
-                    log.info("%s was rotated to %s while stopped; finishing it", path, old)
-                    continue
+                if tf is not None or os.path.lexists(old):
+                    break
+            if tf is not None:
+                self._retire(tf, path)
+                log.info("%s was rotated to %s while stopped; finishing it", path, old)
+                continue
             self._finish_from_copy(ident, path, while_down=True)
         # Generations created and rotated away while we were down were never seen.
-        self._read_unseen(sorted(rotated), self._saved_at)
+        self._read_unseen(sorted(rotated), self._saved_at, saved)
 
     def _resume_in_place(self, ident: Identity) -> str | None:
         """The saved file is still at its path: go on from the position ("resumed"), or, when
@@ -415,9 +427,24 @@ class Tailer:
         ``while_down``, a file that was being written and is gone without a copy."""
         if not ident.offset:
             return False
+        for _attempt in range(4):  # look again if a sibling was renamed while we looked
+            found = self._find_copy(ident, path)
+            if found:
+                return True
+            if found is False:
+                break
+        return self._no_copy(ident, path, while_down)
+
+    def _find_copy(self, ident: Identity, path: str) -> bool | None:
+        """True: a copy was found and is being read; None: a sibling vanished, look again."""
         open_inodes = {tf.physical for tf in self.readable()}
         compressed_tries = 0
-        for st, sibling in sorted(self._siblings(path), key=lambda x: -x[0].st_mtime):
+        vanished = False
+        # Oldest first from the file's last change: its copy was made after that (plain copies) or
+        # keeps that mtime (compressed ones); newer generations come after it.
+        candidates = [(st, p) for st, p in self._siblings(path)
+                      if st.st_mtime >= ident.mtime - COPY_SLACK]
+        for st, sibling in sorted(candidates, key=lambda x: x[0].st_mtime):
             key = (st.st_dev, st.st_ino)
             if key == (ident.dev, ident.ino) or key in open_inodes or st.st_size == 0:
                 continue
@@ -427,6 +454,7 @@ class Tailer:
                     continue
             fd = self._open_sibling(sibling)
             if fd is None:
+                vanished = vanished or not os.path.lexists(sibling)
                 continue
             try:
                 kind = ident.copy_kind(fd)
@@ -442,6 +470,7 @@ class Tailer:
             tf = TailedFile(path, fd, stat_for, min(ident.offset, size), sibling)
             tf.decompressed = compressed
             tf.physical = key
+            tf.mtime = st.st_mtime
             self._retire(tf, path)
             lost = ident.size - max(size, ident.offset)
             if lost > 0:
@@ -451,6 +480,10 @@ class Tailer:
             if kind == "behind":
                 log.info("%s: reading the rest from logrotate's copy %s", path, sibling)
             return True
+        return None if vanished else False
+
+    def _no_copy(self, ident: Identity, path: str, while_down: bool) -> bool:
+        """No copy of a file we read up to ``ident.offset``: count what may be lost."""
         if ident.size > ident.offset:
             log.warning("%s: truncated or removed before %d bytes were read, and no copy was found: "
                         "lost", path, ident.size - ident.offset)
@@ -484,59 +517,82 @@ class Tailer:
             log.warning("cannot read %s: %s", name, exc)
             return None
 
-    def _read_unseen(self, paths: list[str], since: float) -> None:
+    def _read_unseen(self, paths: list[str], since: float, saved: list[Identity] = ()) -> None:
         """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
-        that are neither open nor a copy of an open file."""
-        known = {tf.physical for tf in self.readable()}
-        for path in paths:
-            try:
-                st = os.stat(path)
-                known.add((st.st_dev, st.st_ino))
-            except FileNotFoundError:
-                pass
-            for mtime, sibling in self._unseen_generations(path, known, since):
-                fd = self._open_sibling(sibling)
-                if fd is None:
-                    continue
-                st = os.fstat(fd)
-                tf = TailedFile(path, fd, st, 0, sibling)
-                if sibling.endswith(COMPRESSED):
-                    tf.decompressed = True
-                    orig = os.stat(sibling)
-                    tf.dev, tf.ino = orig.st_dev, orig.st_ino
-                    tf.physical = (orig.st_dev, orig.st_ino)
-                known.add(tf.physical)
-                self._retire(tf, path)
-                log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
+        that are neither open nor a compressed copy of a file we know (open, or ``saved``).
 
-    def _unseen_generations(self, path: str, known: set, since: float) -> list[tuple[float, str]]:
-        """Rotated siblings written after ``since`` that we never had open.
+        logrotate may rename siblings while we look: a sibling that vanished between the
+        listing and the open sends us round again (a few times), so none is passed over.
+        """
+        for _attempt in range(4):
+            vanished = False
+            known = {tf.physical for tf in self.readable()}
+            idents = [tf.identity() for tf in self.readable()] + list(saved)
+            for path in paths:
+                try:
+                    st = os.stat(path)
+                    known.add((st.st_dev, st.st_ino))
+                except FileNotFoundError:
+                    pass
+                for _mtime, sibling, fd in self._unseen_generations(path, known, since, idents):
+                    if fd is None:
+                        vanished = True
+                        continue
+                    st = os.fstat(fd)
+                    tf = TailedFile(path, fd, st, 0, sibling)
+                    if sibling.endswith(COMPRESSED):
+                        tf.decompressed = True
+                        try:
+                            orig = os.stat(sibling)
+                        except FileNotFoundError:
+                            os.close(fd)
+                            vanished = True
+                            continue
+                        tf.dev, tf.ino = orig.st_dev, orig.st_ino
+                        tf.physical = (orig.st_dev, orig.st_ino)
+                        tf.mtime = orig.st_mtime
+                    known.add(tf.physical)
+                    self._retire(tf, path)
+                    log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
+            if not vanished:
+                return
 
-        A compressed sibling that holds the bytes of a file we have open is that file's
-        compressed copy (``compress`` without ``delaycompress``), not a new generation.
+    def _unseen_generations(self, path: str, known: set, since: float,
+                            idents: list[Identity]) -> list[tuple[float, str, int | None]]:
+        """Rotated siblings written after ``since`` that we never had open, oldest first, each
+        with a descriptor on it (None: it vanished or changed name meanwhile; look again).
+
+        A compressed sibling that holds the bytes of a file we know is that file's compressed
+        copy (``compress``, or ``delaycompress`` after two rotations), not a new generation.
         logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
         truncate is seen, and are open by then.
         """
         found = []
-        idents = [tf.identity() for tf in self.readable()]
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
-            if not p.endswith(COMPRESSED):
-                found.append((st.st_mtime, p))
-                continue
             fd = self._open_sibling(p)
             if fd is None:
+                if not os.path.lexists(p):
+                    found.append((st.st_mtime, p, None))
                 continue
-            try:
-                if any(i.copy_kind(fd) for i in idents):
+            if not p.endswith(COMPRESSED):
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
+                    os.close(fd)
+                    found.append((st.st_mtime, p, None))
                     continue
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
-            found.append((st.st_mtime, p))
-        return sorted(found)
+            else:
+                try:
+                    copy = any(i.copy_kind(fd) for i in idents)
+                except OSError:
+                    copy = True
+                if copy:
+                    os.close(fd)
+                    continue
+            found.append((st.st_mtime, p, fd))
+        found.sort(key=lambda x: x[0])
+        return found
 
     def _retire(self, tf: TailedFile, path: str) -> None:
         if self.files.get(path) is tf:
@@ -654,7 +710,7 @@ class Tailer:
             out.setdefault(f"{ident.dev}:{ident.ino}:saved", {
                 "path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
                 "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
-                "skipping": ident.skipping, "draining": ident.draining})
+                "skipping": ident.skipping, "draining": ident.draining, "mtime": ident.mtime})
         return out
 
     def behind(self, tf: TailedFile) -> int:
