@@ -78,3 +78,27 @@ def test_the_compose_prometheus_config_and_rules_pass_promtool(tmp_path):
     r = subprocess.run([promtool, "check", "config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout and "rule files found" in r.stdout + r.stderr
+
+
+def test_the_workload_service_command_writes_events(tmp_path):
+    """The demo writer the workload service runs, run here for a moment (it is plain Python)."""
+    import sys
+    import time
+
+    cfg = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    svc = cfg["services"]["workload"]
+    assert svc["entrypoint"] == ["python", "-c"]
+    code = svc["command"][0]
+    assert "/logs/events.jsonl" in code
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", code.replace("/logs/events.jsonl", str(events))])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (events.exists() and events.stat().st_size > 1000):
+            assert proc.poll() is None, "the workload command exited"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = events.read_text().splitlines()
+    assert lines and all(line.startswith('{"event":') for line in lines[:-1]), lines[:3]
