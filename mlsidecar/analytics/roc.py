@@ -60,18 +60,19 @@ def auc(scores, positive) -> float:
     n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0:
         return NAN
-    order = sorted(range(n), key=scores.__getitem__)
+    pairs = sorted(zip(scores, positive))
     rank_sum = 0.0  # sum of (1-based, mid-) ranks of the positives
     i = 0
     while i < n:
+        s = pairs[i][0]
         j = i
-        s = scores[order[i]]
-        while j + 1 < n and scores[order[j + 1]] == s:
+        pos_here = 0
+        while j < n and pairs[j][0] == s:
+            pos_here += pairs[j][1]
             j += 1
-        pos_here = sum(positive[order[k]] for k in range(i, j + 1))
         if pos_here:
-            rank_sum += pos_here * (i + j + 2) / 2.0
-        i = j + 1
+            rank_sum += pos_here * (i + 1 + j) / 2.0  # ranks i+1 .. j
+        i = j
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
