@@ -19,9 +19,9 @@ from mlsidecar.store import Batch
 TOL = 1e-9
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_pearson_equals_numpy(seed):
-    rng = np.random.default_rng(seed)
+@pytest.mark.parametrize("trial", range(5))
+def test_pearson_equals_numpy(trial):
+    rng = np.random.default_rng(trial)
     x = rng.normal(size=500) * 1e4 + 5e4
     y = 0.3 * x + rng.normal(size=500) * 3e3
     assert pearson(list(x), list(y))[1] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=TOL)

@@ -33,13 +33,13 @@ def sk_point(y, s, t):
     return fpr[i], tpr[i]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_auc_and_points_equal_sklearn_with_ties(seed):
-    rng = np.random.default_rng(seed)
+@pytest.mark.parametrize("trial", range(6))
+def test_auc_and_points_equal_sklearn_with_ties(trial):
+    rng = np.random.default_rng(trial)
     n = int(rng.integers(20, 3000))
     y = rng.integers(0, 2, n)
     s = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
-    if seed % 2:
+    if trial % 2:
         s = np.round(s, 1)  # many ties
     assert roc.auc(list(s), list(y)) == pytest.approx(roc_auc_score(y, s), abs=TOL)
     for (fpr, tpr), t in zip(roc.roc_points(list(s), list(y), THRESHOLDS), THRESHOLDS):
