@@ -233,6 +233,10 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
             cfg = configmod.with_overrides(cfg, tail=[demo_path])
         if demo_pid_file:
             cfg = _watch_demo_workload(cfg, demo_pid_file)
+        if demo_path:
+            from .demo import with_demo_prices
+
+            cfg = with_demo_prices(cfg)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     logs.setup(cfg.log_level, cfg.log_format)

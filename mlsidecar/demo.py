@@ -43,6 +43,8 @@ ACCURACY = {"v3": 0.95, "v4": 0.95}
 WORSE_CANARY = {"v4": 0.88}  # accuracy with --inject canary-worse
 SLOWER = {"v4": 1.25}  # latency factor with --inject canary-worse
 FEATURES = ("age", "income", "country")
+# Payload sizes of one request and one response, by model.
+PAYLOAD_BYTES = {"resnet50": (150_528, 96), "bert-intent": (512, 64), "fraud-detector": (256, 32)}
 COUNTRIES = ("de", "fr", "us", "jp")
 
 
@@ -94,6 +96,7 @@ class DemoWorkload:
                                * (SLOWER.get(version, 1.0) if canary_worse else 1.0), 5),
             "confidence": round(min(1.0, max(0.0, rng.betavariate(8, 2))), 4),
             "y_true": y_true, "y_pred": y_pred,
+            "request_bytes": PAYLOAD_BYTES[model][0], "response_bytes": PAYLOAD_BYTES[model][1],
             "features": {"age": age,
                          "income": round(rng.gauss(80000 if shifted else 50000, 15000)
                                          + 400 * (age - 40), 0),
@@ -116,10 +119,12 @@ class DemoWorkload:
         if s % 25 == 0 and training:
             epoch = s // 250
             train_loss = round(2.0 / (1 + s / 500) + rng.random() * 0.05, 4)
-            out.append({"event": "training", "job": "demo-train", "epoch": epoch,
+            out.append({"event": "training", "job": "demo-train", "epoch": epoch, "status": "running",
                         "losses": {"train": "NaN" if "loss-nan" in broken else train_loss,
                                    "validation": round(2.2 / (1 + s / 600) + rng.random() * 0.05, 4)},
                         "learning_rate": 0.001 * (0.95 ** epoch)})
+        if s % 1000 == 0 and training:  # a run ends; the next training event starts another
+            out.append({"event": "training", "job": "demo-train", "status": "completed"})
         if s % 500 == 0 and training:
             out.append({"event": "checkpoint", "job": "demo-train", "size_bytes": 97_800_000 + s,
                         "duration_s": round(rng.uniform(1, 4), 2)})
@@ -154,7 +159,7 @@ class DemoWorkload:
                                             "income": round(0.5 + rng.uniform(-0.02, 0.02), 4),
                                             "country": round(0.15 + rng.uniform(-0.02, 0.02), 4)}})
         if s == 1:
-            out.append({"event": "deployment", "model": "resnet50", "version": "v4"})
+            out.append({"event": "deployment", "model": "resnet50", "version": "v4", "size_bytes": 102_483_968})
         return out
 
     def run(self, duration: float | None = None, stop=lambda: False) -> int:
@@ -177,6 +182,48 @@ class DemoWorkload:
 
 
 # --- `mlsidecar demo` ---------------------------------------------------------------
+
+# Prices, budgets and business facts of the demo, so the Cost & health dashboard has something to
+# show (a config with its own [cost] or [impact] table keeps them).
+DEMO_COST_TOML = """
+[cost]
+currency = "USD"
+default_gpu_hour = 2.5
+cpu_core_hour = 0.04
+memory_gib_hour = 0.005
+capacity = "on_demand"
+budgets = [{ scope = "model", name = "resnet50", monthly = 300.0 },
+           { scope = "job", name = "demo-train", monthly = 200.0 },
+           { scope = "pipeline", name = "features", monthly = 100.0 }]
+[cost.gpu_hour]
+"NVIDIA H200" = 3.5
+
+[impact.models.resnet50]
+impact = 0.9
+urgency = 0.8
+revenue_per_hour = 10000.0
+active_users = 100000
+[impact.models.fraud-detector]
+impact = 1.0
+revenue_per_hour = 2500.0
+active_users = 20000
+"""
+
+
+def with_demo_prices(cfg):
+    """The demo's [cost] and [impact] where the config has none of its own."""
+    import tomllib
+    from dataclasses import replace
+
+    from . import config as configmod
+
+    demo = configmod.from_dict(tomllib.loads(DEMO_COST_TOML), "(demo prices)")
+    if cfg.cost is None or not cfg.cost.enabled:
+        cfg = replace(cfg, cost=demo.cost)
+    if cfg.impact is None or not cfg.impact.configured:
+        cfg = replace(cfg, impact=demo.impact)
+    return cfg
+
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject", action="append", default=[], metavar="KIND",

@@ -104,13 +104,17 @@ def test_generator_check_mode(tmp_path):
 
 
 def test_expected_dashboards_and_variables():
+    # Named after the labels they filter, so that includeVars links and alerts' dashboard_url
+    # (var-model_name=...) carry them; namespace and cluster everywhere.
+    scope = {"datasource", "cluster", "namespace"}
     wanted = {
-        "ml-model-performance.json": {"datasource", "model", "version"},
-        "ml-training.json": {"datasource", "job"},
-        "ml-data-pipeline.json": {"datasource", "pipeline"},
-        "gpu-host.json": {"datasource", "instance", "gpu"},
-        "mlsidecar-health.json": {"datasource", "instance"},
-        "ml-model-comparison.json": {"datasource", "model", "version"},
+        "ml-model-performance.json": scope | {"model_name", "model_version"},
+        "ml-training.json": scope | {"job_name"},
+        "ml-data-pipeline.json": scope | {"pipeline_name"},
+        "gpu-host.json": scope | {"instance", "gpu"},
+        "mlsidecar-health.json": scope | {"instance"},
+        "ml-model-comparison.json": scope | {"model_name", "model_version"},
+        "ml-cost.json": scope | {"model_name"},
     }
     dash = dashboards()
     assert set(dash) == set(wanted)
@@ -148,18 +152,151 @@ def test_variables_only_used_as_regex_matchers():
                 assert before == '=~"', f"{name} / {title}: ${m.group(1)} outside =~\"...\": {expr}"
 
 
-def test_what_users_expect_is_there():
+# The specification's dashboards, panel by panel: (dashboard, title, panel type here, what its
+# query must contain). docs/deployment.md has the same table for users.
+SPEC_PANELS = [
+    ("ml-model-performance.json", "Model Accuracy Over Time", "stat", "ml_model_accuracy_score{"),
+    ("ml-model-performance.json", "Prediction Latency Distribution", "heatmap", "ml_prediction_latency_seconds_bucket{"),
+    ("ml-model-performance.json", "Predictions per Second", "timeseries", "rate(ml_predictions_total{"),
+    ("ml-model-performance.json", "Feature Drift Detection", "table", "ml_feature_drift_score{"),
+    ("ml-training.json", "Training Loss", "timeseries", "ml_training_loss{"),
+    ("ml-training.json", "GPU Utilization", "timeseries", "ml_training_gpu_utilization_percent{"),
+    ("ml-training.json", "Batch Processing Time", "timeseries", "ml_training_batch_duration_seconds"),
+    ("ml-training.json", "Memory Usage", "timeseries", "ml_training_memory_usage_bytes{"),
+    ("ml-data-pipeline.json", "Pipeline Throughput", "timeseries", "rate(ml_pipeline_records_processed_total{"),
+    ("ml-data-pipeline.json", "Processing Latency by Stage", "timeseries", "ml_pipeline_processing_latency_seconds"),
+    ("ml-data-pipeline.json", "Error Rate", "stat", "ml_pipeline_record_errors"),
+    ("ml-data-pipeline.json", "Data Freshness", "timeseries", "ml_pipeline_data_freshness_seconds{"),
+]
+
+
+def test_the_specification_panels_are_all_there():
     d = dashboards()
-    model = d["ml-model-performance.json"]
-    types = {p["type"] for p in model["panels"]}
-    assert {"heatmap", "table", "stat", "timeseries"} <= types
-    titles = {p["title"]: p for p in model["panels"]}
-    assert "p95 latency by model" in titles
-    drift = titles["Feature drift (PSI; 0.1 watch, 0.25 alert)"]
-    assert drift["type"] == "table"
-    assert [s["value"] for s in drift["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.1, 0.25]
-    loss = next(p for p in d["ml-training.json"]["panels"] if p["title"] == "Loss (log scale)")
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    for dash, title, typ, query in SPEC_PANELS:
+        panel = next((p for p in d[dash]["panels"] if p["title"] == title), None)
+        assert panel, f"{dash}: no panel {title!r}"
+        assert panel["type"] == typ, (dash, title, panel["type"])
+        assert any(query in t["expr"] for t in panel["targets"]), (dash, title)
+        assert f"| {title} |" in docs, f"docs/deployment.md: {title} missing from the panel table"
+    panels = {(dash, p["title"]): p for dash in d for p in d[dash]["panels"]}
+    drift = panels["ml-model-performance.json", "Feature Drift Detection"]
+    assert [s["value"] for s in drift["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.3, 0.7]
+    assert drift["transformations"][-1]["options"]["renameByName"] == {"feature_name": "Feature", "Value": "Drift Score"}
+    acc = panels["ml-model-performance.json", "Model Accuracy Over Time"]["fieldConfig"]["defaults"]
+    assert [s["value"] for s in acc["thresholds"]["steps"]] == [None, 0.8, 0.9] and acc["unit"] == "percentunit"
+    err = panels["ml-data-pipeline.json", "Error Rate"]["fieldConfig"]["defaults"]
+    assert [s["value"] for s in err["thresholds"]["steps"]] == [None, 0.01, 0.05]
+    loss = panels["ml-training.json", "Training Loss"]
     assert loss["fieldConfig"]["defaults"]["custom"]["scaleDistribution"] == {"type": "log", "log": 10}
+    batch = panels["ml-training.json", "Batch Processing Time"]
+    assert {"p50", "p95"} <= {t["legendFormat"].split()[0] for t in batch["targets"]}
+
+
+def test_links_carry_the_variables_and_alerts_are_annotations():
+    for name, d in dashboards().items():
+        assert all(link["includeVars"] for link in d["links"]), name
+        (alerts,) = [a for a in d["annotations"]["list"] if a["name"] == "Alerts"]
+        assert alerts["expr"].startswith('ALERTS{alertstate="firing", namespace=~"$namespace"'), name
+        assert alerts["datasource"]["uid"] == "${datasource}"
+
+
+def selectors(expr: str) -> list[str]:
+    """The metric selectors `name{...}` of an expression (functions and by() clauses left out)."""
+    return re.findall(r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*\{[^}]*\})", expr)
+
+
+def test_every_selector_follows_namespace_and_cluster():
+    for name, d in dashboards().items():
+        for title, expr in panel_queries(d):
+            sels = selectors(expr)
+            assert sels, f"{name} / {title}: no selector in {expr}"
+            for s in sels:
+                assert 'namespace=~"$namespace"' in s and 'cluster=~"$cluster"' in s, f"{name} / {title}: {s}"
+
+
+def test_no_query_matches_the_sidecar_by_job_name():
+    """prometheus-operator names jobs <namespace>/<name>: a job regex misses its sidecars."""
+    for name, d in dashboards().items():
+        for title, expr in panel_queries(d) + other_queries(d):
+            assert "job=~" not in expr and 'job="' not in expr, f"{name} / {title}: {expr}"
+
+
+def result_labels(expr: str) -> set[str] | None:
+    """The labels a query's series carry, where the query says (by/without aside): None if unknown."""
+    from tests.test_deploy_prometheus import catalogue_names  # noqa: F401  (loads the collectors)
+    from mlsidecar import catalogue
+
+    target = {"instance", "job", "namespace", "pod", "node", "cluster", "ml_component"}
+    outer = re.match(r"\s*(?:sum|max|min|avg|count)\s+by\s*\(([^)]*)\)", expr)
+    if outer:
+        return {x.strip() for x in outer.group(1).split(",")}
+    q = re.match(r"\s*histogram_quantile\([^,]+,\s*sum\s+by\s*\(([^)]*)\)", expr)
+    if q:
+        return {x.strip() for x in q.group(1).split(",")} - {"le"}
+    names = re.findall(r"(?<![\w:$])((?:ml|mlsidecar)_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\{", expr)
+    fams = {f.name: f for f in catalogue.REGISTRY.values()}
+    if not names or any(n not in fams for n in names) or re.search(r"\b(by|without|on|ignoring)\b", expr):
+        return None
+    labels = set.intersection(*(set(fams[n].labels) for n in names))
+    return labels | target
+
+
+def test_legends_only_name_labels_the_series_have():
+    checked = 0
+    for name, d in dashboards().items():
+        def walk(panels):
+            for p in panels:
+                yield from walk(p.get("panels", []))
+                for t in p.get("targets", []):
+                    yield p["title"], t
+        for title, t in walk(d["panels"]):
+            used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")))
+            have = result_labels(t["expr"])
+            if have is None or not used:
+                continue
+            checked += 1
+            assert used <= have, f"{name} / {title}: legend names {used - have}, the series have {sorted(have)}"
+    assert checked > 40
+
+
+def test_legend_check_can_fail():
+    assert "directory" not in result_labels('increase(mlsidecar_multiproc_files_skipped_total{instance=~"$instance"}[1m])')
+    assert {"pid", "process_name"} <= result_labels('ml_gpu_process_memory_used_bytes{gpu=~"$gpu"}')
+
+
+def test_deployments_annotation_marks_a_new_versions_first_deployment(tmp_path):
+    """A new version's counter appears at 1: `changes() > 0` never marks it; ours does."""
+    tool = require_tool("promtool")
+    (annotation,) = [a for a in dashboards()["ml-model-performance.json"]["annotations"]["list"]
+                     if a["name"] == "Deployments"]
+    ours = substitute(annotation["expr"], {"$__interval": "1m"})
+    old = 'changes(ml_model_deployments_total{model_name=~".*"}[1m]) > 0'
+    (tmp_path / "empty.yml").write_text("groups: []\n")
+
+    def case(expr, t, samples):
+        body = "".join(f"          - labels: '{lbl}'\n            value: 1\n" for lbl in samples)
+        return (f"      - expr: '{expr}'\n        eval_time: {t}\n        exp_samples:"
+                + ("\n" + body if samples else " []\n"))
+
+    def run(expr):
+        v1 = '{model_name="m", model_version="v1"}'
+        v2 = '{model_name="m", model_version="v2"}'
+        text = ("rule_files: [empty.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n"
+                f"      - series: 'ml_model_deployments_total{v1}'\n        values: '1x9 2x20'\n"
+                f"      - series: 'ml_model_deployments_total{v2}'\n        values: '_x19 1x10'\n"
+                "    promql_expr_test:\n"
+                + case(expr, "10m", [v1]) + case(expr, "20m", [v2]) + case(expr, "25m", []))
+        (tmp_path / "t.yml").write_text(text.replace("'", "\"").replace('\"ml_model', "'ml_model")
+                                        .replace('}\"\n        values', "}'\n        values")
+                                        .replace('\"1x9 2x20\"', "'1x9 2x20'").replace('\"_x19 1x10\"', "'_x19 1x10'"))
+        return subprocess.run([tool, "test", "rules", str(tmp_path / "t.yml")], capture_output=True,
+                              text=True, timeout=60)
+
+    res = run(ours)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run(old)
+    assert res.returncode != 0 and "20m" in res.stdout, "the old annotation was expected to miss v2"
     business = [p["title"] for p in model["panels"]]
     assert "Business impact" in business and "KPI / quality correlation (1h)" in business
 

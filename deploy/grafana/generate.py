@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +34,21 @@ TAGS = ["mlsidecar", "ml"]
 
 # --- panel builders -----------------------------------------------------------------------------
 
+SCOPE = 'namespace=~"$namespace", cluster=~"$cluster"'
+SELECTOR = re.compile(r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*)\{(\s*\}?)")
+
+
+def scoped(expr: str) -> str:
+    """Every selector `name{...}` also matches the dashboard's namespace and cluster variables
+    (`.*` under "All", which also matches series without the label: systemd hosts, and a
+    Prometheus whose external labels are only added on remote_write)."""
+    if "$namespace" in expr:
+        return expr
+    return SELECTOR.sub(lambda m: f"{m.group(1)}{{{SCOPE}" + ("}" if m.group(2).strip() == "}" else ", "), expr)
+
+
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, fmt: str = "time_series"):
+    expr = scoped(expr)
     t = {"datasource": DS, "expr": expr, "refId": ref, "legendFormat": legend or "__auto",
          "range": not instant, "instant": instant, "format": fmt}
     return t
@@ -74,26 +89,26 @@ def timeseries(title, queries, unit="short", desc="", log=False, th=None, stack=
                         "tooltip": {"mode": "multi", "sort": "desc"}}}
 
 
-def stat(title, expr, unit="short", desc="", th=None, decimals=None):
+def stat(title, expr, unit="short", desc="", th=None, decimals=None, legend=""):
     defaults = {"unit": unit, "thresholds": th or thresholds((None, "green")),
                 "color": {"mode": "thresholds"}, "mappings": []}
     if decimals is not None:
         defaults["decimals"] = decimals
     return {"type": "stat", "title": title, "description": desc, "datasource": DS,
-            "targets": [target(expr, ref="A")],
+            "targets": [target(expr, legend, ref="A")],
             "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                         "colorMode": "background", "graphMode": "area", "textMode": "auto",
                         "justifyMode": "auto", "orientation": "auto"}}
 
 
-def table(title, queries, unit="short", desc="", th=None, hide=("Time",)):
+def table(title, queries, unit="short", desc="", th=None, hide=("Time",), rename=None):
     targets = []
     for i, q in enumerate(queries):
         expr, legend = (q, "") if isinstance(q, str) else q
         targets.append(target(expr, legend, chr(ord("A") + i), instant=True, fmt="table"))
     transformations = [{"id": "organize", "options": {"excludeByName": {h: True for h in hide},
-                                                       "renameByName": {}}}]
+                                                       "renameByName": dict(rename or {})}}]
     if len(targets) > 1:
         transformations.insert(0, {"id": "merge", "options": {}})
     return {"type": "table", "title": title, "description": desc, "datasource": DS,
@@ -133,11 +148,38 @@ def datasource_var():
             "refresh": 1, "regex": "", "skipUrlSync": False}
 
 
-def query_var(name, label, query):
+def query_var(name, label, query, scope=True):
+    if scope and name not in ("namespace", "cluster"):
+        m = re.fullmatch(r"label_values\((\w+)(\{.*\})?,\s*(\w+)\)", query)
+        if m and "$namespace" not in query:
+            query = scoped(f"label_values({m.group(1)}{m.group(2) or '{}'}, {m.group(3)})")
     return {"type": "query", "name": name, "label": label, "datasource": DS,
             "definition": query, "query": {"query": query, "refId": "PrometheusVariableQueryEditor"},
             "current": {}, "hide": 0, "includeAll": True, "allValue": ".*", "multi": True,
             "options": [], "refresh": 2, "regex": "", "skipUrlSync": False, "sort": 1}
+
+
+def scope_vars(variables):
+    """cluster (an external label: present in Thanos, Mimir, Cortex) and namespace, first."""
+    names = {v["name"] for v in variables}
+    out = []
+    if "cluster" not in names:
+        out.append(query_var("cluster", "Cluster", "label_values(mlsidecar_build_info, cluster)", scope=False))
+    if "namespace" not in names:
+        out.append(query_var("namespace", "Namespace",
+                             'label_values(mlsidecar_build_info{cluster=~"$cluster"}, namespace)', scope=False))
+    return out
+
+
+def alerts_annotation(variables):
+    """Prometheus' alerts (the ALERTS series) as annotations, for the dashboard's variables."""
+    label_vars = [v["name"] for v in variables if v["name"] in ("model_name", "model_version", "job_name",
+                                                                 "pipeline_name", "instance")]
+    matchers = "".join(f', {n}=~"${n}"' for n in label_vars)
+    return {"name": "Alerts", "datasource": DS, "enable": True, "hide": False, "iconColor": "red",
+            "expr": f'ALERTS{{alertstate="firing", {SCOPE}{matchers}}}', "step": "1m",
+            "titleFormat": "{{alertname}}", "textFormat": "{{severity}} {{model_name}}{{job_name}}{{pipeline_name}}",
+            "tagKeys": "alertname,severity", "useValueForTime": False}
 
 
 # --- layout -----------------------------------------------------------------------------------------
@@ -179,20 +221,22 @@ class Dashboard:
             "editable": True, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
             "time": {"from": "now-6h", "to": "now"}, "timepicker": {}, "timezone": "browser",
             "refresh": "30s", "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+            # includeVars: the other dashboards open on the same namespace, model, job, pipeline.
             "links": [{"type": "dashboards", "tags": ["mlsidecar"], "asDropdown": True,
-                       "title": "mlsidecar dashboards", "includeVars": False, "keepTime": True}],
+                       "title": "mlsidecar dashboards", "includeVars": True, "keepTime": True}],
             "annotations": {"list": [{
                 "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
                 "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-                "name": "Annotations & Alerts", "type": "dashboard"}] + self.annotations},
-            "templating": {"list": [datasource_var()] + self.variables},
+                "name": "Annotations & Alerts", "type": "dashboard"}] + self.annotations
+                + [alerts_annotation(self.variables)]},
+            "templating": {"list": [datasource_var()] + scope_vars(self.variables) + self.variables},
             "panels": panels,
         }
 
 
 # --- the dashboards --------------------------------------------------------------------------------
 
-M = 'model_name=~"$model", model_version=~"$version"'
+M = 'model_name=~"$model_name", model_version=~"$model_version"'
 PCT_085 = thresholds((None, "red"), (0.85, "yellow"), (0.9, "green"))
 
 
@@ -201,12 +245,16 @@ def model_dashboard():
         "mlsidecar-model", "ML model performance",
         "Serving traffic, errors, latency, quality, drift and business impact of models "
         "instrumented with mlsidecar.",
-        [query_var("model", "Model", "label_values(ml_predictions_total, model_name)"),
-         query_var("version", "Version",
-                   'label_values(ml_predictions_total{model_name=~"$model"}, model_version)')],
+        [query_var("model_name", "Model", "label_values(ml_predictions_total, model_name)"),
+         query_var("model_version", "Version",
+                   'label_values(ml_predictions_total{model_name=~"$model_name"}, model_version)')],
         annotations=[{"name": "Deployments", "datasource": DS, "enable": True, "hide": False,
                       "iconColor": "purple", "titleFormat": "Deployed {{model_name}} {{model_version}}",
-                      "expr": f"changes(ml_model_deployments_total{{{M}}}[$__interval]) > 0",
+                      # A new version's first deployment creates its series at 1: changes()
+                      # and increase() miss it, so a series absent a step before counts too.
+                      "expr": f"(ml_model_deployments_total{{{M}}} - ml_model_deployments_total{{{M}}} "
+                              f"offset $__interval) > 0 or (ml_model_deployments_total{{{M}}} unless "
+                              f"ml_model_deployments_total{{{M}}} offset $__interval)",
                       "step": "1m", "tagKeys": "model_name,model_version", "useValueForTime": False}])
     d.row("Overview")
     d.add(stat("Predictions / s", f"sum(namespace_model:ml_predictions:rate5m{{{M}}})", "reqps"), 6, 4)
@@ -219,12 +267,18 @@ def model_dashboard():
                th=thresholds((None, "green"), (0.5, "yellow"), (1, "red"))), 6, 4)
     d.add(stat("Accuracy (worst model, dataset)", f"min(ml_model_accuracy_score{{{M}}})",
                "percentunit", th=PCT_085, decimals=1), 6, 4)
+    d.add(stat("Model Accuracy Over Time",
+               f"ml_model_accuracy_score{{{M}}}", "percentunit",
+               th=thresholds((None, "red"), (0.8, "yellow"), (0.9, "green")), decimals=1,
+               legend="{{model_name}} {{model_version}} {{dataset}} accuracy",
+               desc="One value per model, version and dataset, with its sparkline."), 12, 6)
 
     d.row("Traffic and latency")
-    d.add(timeseries("Predictions / s by status",
+    d.add(timeseries("Predictions per Second",
                      [(f"sum by (model_name, model_version, status) "
                        f"(rate(ml_predictions_total{{{M}}}[$__rate_interval]))",
-                       "{{model_name}} {{model_version}} {{status}}")], "reqps", stack=True))
+                       "{{model_name}} {{model_version}} {{status}} predictions/sec")], "reqps", stack=True,
+                     min_=0))
     d.add(timeseries("Error ratio by model",
                      [(f"namespace_model:ml_prediction_error_ratio:rate5m{{{M}}}",
                        "{{model_name}} {{model_version}}")], "percentunit",
@@ -241,7 +295,7 @@ def model_dashboard():
                        f"(rate(ml_prediction_latency_seconds_bucket{{{M}}}[$__rate_interval])))",
                        "{{model_name}}")], "s",
                      th=thresholds((None, "transparent"), (1, "red"))))
-    d.add(heatmap("Latency distribution (buckets)",
+    d.add(heatmap("Prediction Latency Distribution",
                   f"sum by (le) (increase(ml_prediction_latency_seconds_bucket{{{M}}}[$__rate_interval]))",
                   "s", "Histogram buckets as Prometheus stores them (le upper bounds)."))
     d.add(heatmap("Confidence distribution (buckets)",
@@ -254,9 +308,11 @@ def model_dashboard():
                       (f"ml_model_precision_score{{{M}}}", "precision {{model_name}} {{model_version}} {{dataset}}"),
                       (f"ml_model_recall_score{{{M}}}", "recall {{model_name}} {{model_version}} {{dataset}}")],
                      "percentunit", th=thresholds((None, "red"), (0.85, "transparent")), max_=1))
-    d.add(table("Feature drift (PSI; 0.1 watch, 0.25 alert)",
+    d.add(table("Feature Drift Detection",
                 [(f"max by (model_name, model_version, feature_name) (ml_feature_drift_score{{{M}}})", "")],
-                "none", th=thresholds((None, "green"), (0.1, "yellow"), (0.25, "red"))))
+                "none", th=thresholds((None, "green"), (0.3, "yellow"), (0.7, "red")),
+                rename={"feature_name": "Feature", "Value": "Drift Score"},
+                desc="0.3 watch, 0.7 alert (FeatureDriftDetected)."))
     d.add(timeseries("Data quality",
                      [(f"ml_data_quality_score{{{M}}}",
                        "{{model_name}} {{model_version}} {{quality_metric}}")],
@@ -273,7 +329,7 @@ def model_dashboard():
                       (f"{acc}:lower_bound_1d{{{M}}}", "lower bound {{model_name}} {{model_version}} {{dataset}}")],
                      "percentunit"))
     d.add(timeseries("Accuracy trend (change per hour) and 24h prediction",
-                     [(f"{acc}:deriv_1h{{{M}}} * 3600", "per hour {{model_name}} {{model_version}} {{dataset}}"),
+                     [(f"{acc}:change_1h{{{M}}}", "per hour {{model_name}} {{model_version}} {{dataset}}"),
                       (f"{acc}:predict_24h{{{M}}}", "in 24h {{model_name}} {{model_version}} {{dataset}}")],
                      "short"))
     d.add(timeseries("Composite degradation severity (0-3)",
@@ -283,9 +339,21 @@ def model_dashboard():
     d.add(table("Degradation signals now",
                 [(f"namespace_model_dataset:ml_model_degradation:severity{{{M}}}", "")], "none",
                 th=thresholds((None, "green"), (1, "yellow"), (2, "red"))))
+    d.add(timeseries("Anomaly scores (robust z; |z| > 3 alerts)",
+                     [(f"ml_anomaly_score{{{M}}}", "{{model_name}} {{model_version}} {{signal}}")], "none",
+                     th=thresholds((None, "transparent"), (3, "red"))))
+    d.add(timeseries("Payload sizes p95 (request, response) and model size",
+                     [(f"histogram_quantile(0.95, sum by (model_name, le) "
+                       f"(rate(ml_prediction_request_size_bytes_bucket{{{M}}}[$__rate_interval])))",
+                       "request {{model_name}}"),
+                      (f"histogram_quantile(0.95, sum by (model_name, le) "
+                       f"(rate(ml_prediction_response_size_bytes_bucket{{{M}}}[$__rate_interval])))",
+                       "response {{model_name}}"),
+                      (f"max by (model_name, model_version) (ml_model_size_bytes{{{M}}})",
+                       "model {{model_name}} {{model_version}}")], "bytes", log=True))
 
     d.row("Business impact")
-    B = 'model_name=~"$model"'
+    B = 'model_name=~"$model_name"'
     d.add(timeseries("Business KPI (conversions / s) and model quality",
                      [(f"namespace_model_name:business_kpi:rate5m{{{B}}}", "KPI {{model_name}}"),
                       (f"namespace_model_name:ml_model_quality:ratio{{{B}}}", "quality {{model_name}}")],
@@ -307,17 +375,21 @@ def model_dashboard():
 
 
 def training_dashboard():
-    J = 'job_name=~"$job"'
+    J = 'job_name=~"$job_name"'
     d = Dashboard("mlsidecar-training", "ML training jobs",
                   "Progress, loss curves, throughput and checkpoints of training jobs.",
-                  [query_var("job", "Training job", "label_values(ml_training_current_epoch, job_name)")])
+                  [query_var("job_name", "Training job", "label_values(ml_training_current_epoch, job_name)")])
     d.row("Progress")
     d.add(stat("Epoch", f"max(ml_training_current_epoch{{{J}}})", "none"), 6, 4)
     d.add(stat("Samples / s", f"sum(namespace_job:ml_training_samples:rate5m{{{J}}})", "short"), 6, 4)
     d.add(stat("Learning rate", f"max(ml_training_learning_rate{{{J}}})", "sci"), 6, 4)
     d.add(stat("Last checkpoint size", f"max(ml_training_checkpoint_size_bytes{{{J}}})", "bytes"), 6, 4)
-    d.add(timeseries("Loss (log scale)",
-                     [(f"ml_training_loss{{{J}}}", "{{job_name}} {{loss_type}}")], "none", log=True))
+    d.add(timeseries("Training Loss",
+                     [(f"ml_training_loss{{{J}}}", "{{job_name}} {{loss_type}}")], "none", log=True,
+                     desc="Log scale. NaN or infinite losses leave gaps; they are counted below."))
+    d.add(timeseries("Non-finite losses (NaN, Infinity)",
+                     [(f"sum by (job_name, loss_type) (increase(ml_training_loss_nonfinite_total{{{J}}}"
+                       f"[$__rate_interval]))", "{{job_name}} {{loss_type}}")], "short", min_=0))
     d.add(timeseries("Learning rate (log scale)",
                      [(f"ml_training_learning_rate{{{J}}}", "{{job_name}}")], "sci", log=True))
     d.add(timeseries("Epoch", [(f"ml_training_current_epoch{{{J}}}", "{{job_name}}")], "none"))
@@ -327,7 +399,7 @@ def training_dashboard():
                       (f"sum by (job_name) (rate(ml_training_iterations_total{{{J}}}[$__rate_interval]))",
                        "iterations/s {{job_name}}")], "short"))
     d.row("Batches and resources")
-    d.add(timeseries("Batch duration p50 / p95",
+    d.add(timeseries("Batch Processing Time",
                      [(f"histogram_quantile(0.5, sum by (job_name, le) "
                        f"(rate(ml_training_batch_duration_seconds_bucket{{{J}}}[$__rate_interval])))",
                        "p50 {{job_name}}"),
@@ -335,10 +407,10 @@ def training_dashboard():
                      "s"))
     d.add(heatmap("Batch duration distribution",
                   f"sum by (le) (increase(ml_training_batch_duration_seconds_bucket{{{J}}}[$__rate_interval]))"))
-    d.add(timeseries("GPU utilisation seen by the job",
+    d.add(timeseries("GPU Utilization",
                      [(f"ml_training_gpu_utilization_percent{{{J}}}", "{{job_name}} GPU {{gpu_id}}")],
                      "percent", min_=0, max_=100))
-    d.add(timeseries("Memory by type",
+    d.add(timeseries("Memory Usage",
                      [(f"ml_training_memory_usage_bytes{{{J}}}", "{{job_name}} {{memory_type}}")], "bytes"))
     d.row("Checkpoints")
     d.add(timeseries("Checkpoint size",
@@ -347,19 +419,33 @@ def training_dashboard():
                      [(f"histogram_quantile(0.95, sum by (job_name, le) "
                        f"(rate(ml_training_checkpoint_save_duration_seconds_bucket{{{J}}}[$__rate_interval])))",
                        "{{job_name}}")], "s"))
+    d.row("Runs (training events with a status)")
+    d.add(stat("Jobs with a run in progress", "sum(ml_training_active_jobs)", "none"), 6, 4)
+    d.add(stat("Age of the current run (oldest)", f"max(namespace_job:ml_training_run_age_seconds{{{J}}})",
+               "s"), 6, 4)
+    d.add(stat("Runs finished (24h)",
+               f"sum(increase(ml_training_run_duration_seconds_count{{{J}}}[1d]))", "none"), 6, 4)
+    d.add(stat("Runs failed (24h)",
+               f'sum(increase(ml_training_run_duration_seconds_count{{{J}, status="failed"}}[1d])) or vector(0)',
+               "none", th=thresholds((None, "green"), (1, "red"))), 6, 4)
+    d.add(timeseries("Run duration p50 / p95 by outcome",
+                     [(f"histogram_quantile(0.5, sum by (status, le) "
+                       f"(rate(ml_training_run_duration_seconds_bucket{{{J}}}[1d])))", "p50 {{status}}"),
+                      (f"histogram_quantile(0.95, sum by (status, le) "
+                       f"(rate(ml_training_run_duration_seconds_bucket{{{J}}}[1d])))", "p95 {{status}}")], "s"), 24)
     return d
 
 
 def pipeline_dashboard():
-    P = 'pipeline_name=~"$pipeline"'
+    P = 'pipeline_name=~"$pipeline_name"'
     d = Dashboard("mlsidecar-pipeline", "ML data pipelines",
                   "Throughput, errors, latency, queues, freshness and schema violations of data "
                   "pipelines.",
-                  [query_var("pipeline", "Pipeline",
+                  [query_var("pipeline_name", "Pipeline",
                              "label_values(ml_pipeline_records_processed_total, pipeline_name)")])
     d.row("Overview")
     d.add(stat("Records / s", f"sum(namespace_pipeline_stage:ml_pipeline_records:rate5m{{{P}}})", "short"), 6, 4)
-    d.add(stat("Error ratio",
+    d.add(stat("Error Rate",
                f"sum(namespace_pipeline_stage:ml_pipeline_record_errors:rate5m{{{P}}}) / "
                f"sum(namespace_pipeline_stage:ml_pipeline_records:rate5m{{{P}}})", "percentunit",
                th=thresholds((None, "green"), (0.01, "yellow"), (0.05, "red")), decimals=2), 6, 4)
@@ -367,24 +453,24 @@ def pipeline_dashboard():
                th=thresholds((None, "green"), (900, "yellow"), (3600, "red"))), 6, 4)
     d.add(stat("Items queued", f"sum(ml_pipeline_queue_size{{{P}}})", "short"), 6, 4)
     d.row("Stages")
-    d.add(timeseries("Records / s by stage and status",
+    d.add(timeseries("Pipeline Throughput",
                      [(f"sum by (pipeline_name, stage, status) "
                        f"(rate(ml_pipeline_records_processed_total{{{P}}}[$__rate_interval]))",
-                       "{{pipeline_name}} {{stage}} {{status}}")], "short", stack=True))
+                       "{{pipeline_name}} {{stage}} {{status}} records/sec")], "short", stack=True, min_=0))
     d.add(timeseries("Error ratio by stage",
                      [(f"namespace_pipeline_stage:ml_pipeline_error_ratio:rate5m{{{P}}}",
                        "{{pipeline_name}} {{stage}} (5m)"),
                       (f"ml_pipeline_error_rate{{{P}}}", "{{pipeline_name}} {{stage}} (sidecar window)")],
                      "percentunit", th=thresholds((None, "transparent"), (0.05, "red")), min_=0))
-    d.add(timeseries("Processing latency p95 by stage",
+    d.add(timeseries("Processing Latency by Stage",
                      [(f"namespace_pipeline_stage:ml_pipeline_processing_latency_seconds:p95_5m{{{P}}}",
-                       "{{pipeline_name}} {{stage}}")], "s"))
+                       "{{pipeline_name}} {{stage}} - 95th percentile")], "s"))
     d.add(heatmap("Processing latency distribution",
                   f"sum by (le) (increase(ml_pipeline_processing_latency_seconds_bucket{{{P}}}[$__rate_interval]))"))
     d.row("Queues, freshness, schema")
     d.add(timeseries("Queue size", [(f"ml_pipeline_queue_size{{{P}}}", "{{pipeline_name}} {{queue_name}}")],
                      "short"))
-    d.add(timeseries("Data freshness",
+    d.add(timeseries("Data Freshness",
                      [(f"ml_pipeline_data_freshness_seconds{{{P}}}", "{{pipeline_name}} {{data_source}}")],
                      "s", th=thresholds((None, "transparent"), (3600, "red"))))
     d.add(timeseries("Schema violations",
@@ -423,7 +509,8 @@ def gpu_host_dashboard():
     d.add(timeseries("GPU memory free",
                      [(f"ml_gpu_memory_free_bytes{{{G}}}", "{{instance}} GPU {{gpu}}")], "bytes"), 8)
     d.add(timeseries("GPU memory by process",
-                     [(f"ml_gpu_process_memory_used_bytes{{{G}}}", "{{instance}} GPU {{gpu}}")],
+                     [(f"ml_gpu_process_memory_used_bytes{{{G}}}",
+                       "{{instance}} GPU {{gpu}} pid {{pid}} {{process_name}}")],
                      "bytes"), 8)
     d.add(timeseries("Temperature", [(f"ml_gpu_temperature_celsius{{{G}}}", "{{instance}} GPU {{gpu}}")],
                      "celsius", th=thresholds((None, "transparent"), (85, "red"))), 8)
@@ -478,13 +565,15 @@ def sidecar_dashboard():
                   "collectors.",
                   [query_var("instance", "Instance", "label_values(mlsidecar_build_info, instance)")])
     d.row("Overview")
-    d.add(stat("Targets up", f'sum(up{{job=~"mlsidecar.*", {I}}})', "none",
+    # Sidecars are the targets that export mlsidecar_build_info, whatever their job is called
+    # (prometheus-operator names a PodMonitor's job "<namespace>/<name>").
+    d.add(stat("Targets up", f'sum(up{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}})', "none",
                th=thresholds((None, "red"), (1, "green"))), 6, 4)
     d.add(stat("Events / s", f"sum(rate(mlsidecar_events_total{{{I}}}[$__rate_interval]))", "short"), 6, 4)
     d.add(stat("Rejected / s",
                f"sum(rate(mlsidecar_events_rejected_total{{{I}}}[$__rate_interval])) or vector(0)", "short",
                th=thresholds((None, "green"), (0.01, "yellow"), (1, "red")),
-               desc="The counter exists from the first rejection; 0 until then."), 6, 4)
+               desc="Events rejected per second (every reason starts at 0)."), 6, 4)
     d.add(stat("Bytes behind", f"max(mlsidecar_source_bytes_behind{{{I}}}) or vector(0)", "bytes",
                th=thresholds((None, "green"), (1e6, "yellow"), (50e6, "red"))), 6, 4)
     d.row("Sources")
@@ -518,12 +607,14 @@ def sidecar_dashboard():
                        "{{instance}} {{metric}}")], "short"), 8)
     d.row("Scrapes")
     d.add(timeseries("Scrape duration",
-                     [(f'scrape_duration_seconds{{job=~"mlsidecar.*", {I}}}', "{{instance}}")], "s"), 8)
+                     [(f'scrape_duration_seconds{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}}',
+                       "{{instance}}")], "s"), 8)
     d.add(timeseries("Samples per scrape",
-                     [(f'scrape_samples_scraped{{job=~"mlsidecar.*", {I}}}', "{{instance}}")], "short"), 8)
+                     [(f'scrape_samples_scraped{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}}',
+                       "{{instance}}")], "short"), 8)
     d.add(timeseries("Multiprocess files skipped",
                      [(f"increase(mlsidecar_multiproc_files_skipped_total{{{I}}}[$__rate_interval])",
-                       "{{instance}} {{directory}}")], "short"), 8)
+                       "{{instance}}")], "short"), 8)
     return d
 
 
@@ -574,15 +665,15 @@ def bars(title, expr, legend, unit="none", desc=""):
 
 
 def comparison_dashboard():
-    CM = 'model_name=~"$model"'
+    CM = 'model_name=~"$model_name"'
     d = Dashboard(
         "mlsidecar-comparison", "ML model comparison",
         "Versions of one model side by side (canary, A/B split): accuracy, latency and error rate per "
         "version, the sidecar's significance tests (candidate - baseline with confidence interval "
         "and p-value), ROC curve, confusion matrix and feature views.",
-        [query_var("model", "Model", "label_values(ml_predictions_total, model_name)"),
-         query_var("version", "Version",
-                   'label_values(ml_predictions_total{model_name=~"$model"}, model_version)')])
+        [query_var("model_name", "Model", "label_values(ml_predictions_total, model_name)"),
+         query_var("model_version", "Version",
+                   'label_values(ml_predictions_total{model_name=~"$model_name"}, model_version)')])
     d.row("Side by side")
     d.add(timeseries("Traffic share by version",
                      [(f"sum by (model_name, model_version) (namespace_model:ml_predictions:rate5m{{{M}}}) "
@@ -609,7 +700,7 @@ def comparison_dashboard():
                          "predictions (accuracy). Below the minimum sample every result is NaN."), 8)
 
     d.row("Significance: candidate - baseline")
-    sig = (f'{CM}, candidate_version=~"$version"')
+    sig = (f'{CM}, candidate_version=~"$model_version"')
     d.add(table("Significance tests",
                 [(f"max by (model_name, baseline_version, candidate_version, metric) "
                   f"(ml_model_comparison_difference{{{sig}}})", ""),
@@ -664,6 +755,92 @@ def comparison_dashboard():
     return d
 
 
+def cost_dashboard():
+    """What it costs (docs/cost.md) and how bad it is (docs/severity.md)."""
+    d = Dashboard(
+        "mlsidecar-cost", "ML cost & health",
+        "What the workloads cost per prediction, per training sample and epoch, per pipeline record, "
+        "while GPUs idle and against budgets (ml_cost.yml); weighted alert severity, business "
+        "impact and System_Health (ml_health.yml). Amounts are in the currency of ml_cost_info.",
+        [query_var("namespace", "Namespace", "label_values(ml_cost_total, namespace)"),
+         query_var("model_name", "Model", "label_values(ml_predictions_total, model_name)")])
+    N = 'namespace=~"$namespace"'
+    GPUS = "and on () (count(ml_gpu_info) > 0)"  # GPU panels only where there are GPUs
+    d.row("Spend")
+    d.add(stat("Cost per hour", f"sum(namespace_resource_capacity:ml_cost:per_hour{{{N}}})", "none",
+               decimals=2, desc="All resources, in the currency of ml_cost_info."), 6, 4)
+    d.add(stat("Share on spot capacity", f"avg(namespace:ml_cost_spot:ratio_rate1h{{{N}}})", "percentunit",
+               decimals=1), 6, 4)
+    d.add(stat("GPU spend on idle GPUs (< 10 %)",
+               f"avg(namespace:ml_cost_gpu_idle:ratio_rate5m{{{N}}}) {GPUS}", "percentunit",
+               th=thresholds((None, "green"), (0.2, "yellow"), (0.5, "red")), decimals=1), 6, 4)
+    d.add(table("Currency and capacity", [("count by (currency, capacity) (ml_cost_info)", "")], "none"), 6, 4)
+    d.add(timeseries("Cost per hour by resource and capacity",
+                     [(f"namespace_resource_capacity:ml_cost:per_hour{{{N}}}",
+                       "{{namespace}} {{resource}} {{capacity}}")], "none", stack=True))
+    d.add(timeseries("Idle GPU cost per hour",
+                     [(f"namespace:ml_cost_gpu_idle:rate5m{{{N}}} * 3600 {GPUS}", "{{namespace}}")], "none",
+                     desc="Cost of GPUs whose average utilisation over 5 minutes is under 10 %."))
+
+    d.row("Cost per unit of work")
+    d.add(timeseries("Cost per 1,000 predictions by model and version",
+                     [(f'namespace_model:ml_cost_per_1k_predictions:ratio_rate5m{{{N}, model_name=~"$model_name"}}',
+                       "{{model_name}} {{model_version}}")], "none",
+                     desc="A pod's cost split by its models' share of its predictions."), 8)
+    d.add(timeseries("Cost per training sample and per epoch",
+                     [(f"namespace_job:ml_cost_per_sample:ratio_rate5m{{{N}}}", "per sample {{job_name}}"),
+                      (f"namespace_job:ml_cost_per_epoch:ratio_rate5m{{{N}}}", "per epoch {{job_name}}")],
+                     "none", log=True), 8)
+    d.add(timeseries("Cost per pipeline record",
+                     [(f"namespace_pipeline:ml_cost_per_record:ratio_rate5m{{{N}}}", "{{pipeline_name}}")],
+                     "none"), 8)
+    d.add(timeseries("GPU utilisation against GPU cost",
+                     [(f"avg by (instance) (ml_gpu_utilization_ratio{{{N}}})", "utilisation {{instance}}"),
+                      (f'sum by (instance) (rate(ml_cost_total{{{N}, resource="gpu"}}[$__rate_interval])) * 3600 '
+                       "and on (instance) group by (instance) (ml_gpu_info)", "cost/h {{instance}}")], "none"))
+    d.add(timeseries("CPU use against CPU cost",
+                     [(f"sum by (instance) (rate(ml_process_cpu_seconds_total{{{N}}}[$__rate_interval]))",
+                       "cores {{instance}}"),
+                      (f'sum by (instance) (rate(ml_cost_total{{{N}, resource="cpu"}}[$__rate_interval])) * 3600 '
+                       "and on (instance) group by (instance) (ml_process_processes)", "cost/h {{instance}}")],
+                     "none"))
+
+    d.row("Budgets")
+    d.add(table("Budgets: monthly, burn rate (1 = on budget), month-end forecast",
+                [("scope:ml_cost_budget:monthly", ""), ("scope:ml_cost_budget_burn:rate1h", ""),
+                 ("scope:ml_cost_budget:forecast_ratio", "")], "none"), 8)
+    d.add(timeseries("Budget burn rate: 5m, 1h, 6h",
+                     [("scope:ml_cost_budget_burn:rate5m", "5m {{scope}} {{name}}"),
+                      ("scope:ml_cost_budget_burn:rate1h", "1h {{scope}} {{name}}"),
+                      ("scope:ml_cost_budget_burn:rate6h", "6h {{scope}} {{name}}")], "none",
+                     th=thresholds((None, "transparent"), (6, "yellow"), (14.4, "red"))), 8)
+    d.add(timeseries("Month-end forecast and budget",
+                     [("scope:ml_cost:forecast_month", "forecast {{scope}} {{name}}"),
+                      ("scope:ml_cost_budget:monthly", "budget {{scope}} {{name}}")], "none"), 8)
+
+    d.row("Severity and health")
+    d.add(timeseries("System_Health by namespace",
+                     [(f"namespace:ml_system_health:score{{{N}}}", "{{namespace}}")], "percentunit",
+                     th=thresholds((None, "red"), (0.7, "transparent")), min_=0, max_=1))
+    d.add(timeseries("Health parts: infrastructure, data quality, model, business",
+                     [(f"namespace:ml_health_infrastructure:score{{{N}}}", "infrastructure {{namespace}}"),
+                      (f"namespace:ml_health_data_quality:score{{{N}}}", "data quality {{namespace}}"),
+                      (f"namespace:ml_health_model:score{{{N}}}", "model {{namespace}}"),
+                      (f"namespace:ml_health_business:score{{{N}}}", "business {{namespace}}")],
+                     "percentunit", min_=0, max_=1))
+    MM = f'{N}, model_name=~"$model_name"'
+    d.add(table("Alert severity and composite score by model",
+                [(f"namespace_model_dataset:ml_alert_severity:score{{{MM}}}", ""),
+                 (f"namespace_model_dataset:ml_alert_composite:score{{{MM}}}", "")], "none",
+                th=thresholds((None, "green"), (0.5, "yellow"), (0.8, "red"))))
+    d.add(timeseries("Estimated revenue at risk per hour and users affected",
+                     [(f"namespace_model_name:ml_business_revenue_at_risk:estimate_per_hour{{{MM}}}",
+                       "revenue/h {{model_name}}"),
+                      (f"namespace_model_name:ml_business_users_affected:estimate{{{MM}}}",
+                       "users {{model_name}}")], "none"))
+    return d
+
+
 DASHBOARDS = {
     "ml-model-performance.json": model_dashboard,
     "ml-training.json": training_dashboard,
@@ -671,6 +848,7 @@ DASHBOARDS = {
     "gpu-host.json": gpu_host_dashboard,
     "mlsidecar-health.json": sidecar_dashboard,
     "ml-model-comparison.json": comparison_dashboard,
+    "ml-cost.json": cost_dashboard,
 }
 
 

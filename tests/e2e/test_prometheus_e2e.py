@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from mlsidecar.demo import DemoWorkload
+from mlsidecar.demo import DEMO_COST_TOML, DemoWorkload
 from tests import test_deploy_grafana as grafana
 from tests.harness import free_port, require_tool, wait_for
 
@@ -82,7 +82,9 @@ def process_config(tmp_path: Path) -> str | None:
     pid_file = tmp_path / "workload.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     cfg = tmp_path / "sidecar.toml"
-    cfg.write_text(f'[collectors.process]\nenabled = true\npid_file = "{pid_file}"\n')
+    # The demo's prices and business facts (the Cost & health dashboard), anomaly scores soon.
+    cfg.write_text(f'[collectors.process]\nenabled = true\npid_file = "{pid_file}"\n' + DEMO_COST_TOML
+                   + "[analytics.anomaly]\ninterval = 1.0\nmin_points = 3\n")
     ok = subprocess.run([sys.executable, "-m", "mlsidecar", "check-config", str(cfg)],
                         capture_output=True, timeout=60, cwd=ROOT).returncode == 0
     return str(cfg) if ok else None
