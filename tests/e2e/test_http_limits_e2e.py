@@ -225,9 +225,10 @@ def test_malformed_requests_cannot_flood_the_log(tmp_path, sidecar_factory):
     import time
     sc = sidecar_factory().start()
     before = len(sc.log_path.read_text().splitlines())
+    garbage = (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
     for i in range(60):  # bounded: garbage and over-long request lines, as a scanner sends
         with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as c:
-            c.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n" if i % 2 else b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+            c.sendall(garbage[i % 2])
             try:
                 c.recv(100)
             except OSError:
