@@ -381,3 +381,42 @@ def test_bare_run_socket_finds_the_connected_client(spawn, tmp_path, sidecar_fac
     s = sc.wait_value("ml_process_processes", 1)
     assert total(s, "ml_predictions_total") == 1
     assert total(s, "ml_process_threads") == psutil.Process(client.pid).num_threads()
+
+
+def test_another_users_writer_cannot_be_seen_and_is_counted(spawn, tmp_path):
+    """As another user the writer's open files are hidden: the workload is empty and says why."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    shared = Path(tempfile.mkdtemp(prefix="mlsidecar-writer-"))  # one the other user can reach
+    shared.chmod(0o755)
+    events = shared / "events.jsonl"
+    events.touch()
+    events.chmod(0o644)
+    writer = spawn(APPENDER, str(events))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become another user, then look
+        try:
+            os.close(r)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            srcs = P.SourceWriters(type("S", (), {"tail": (str(events),), "socket": ""})())
+            wl = Workload("sources", environ={}, sources=srcs, sidecar_root=None)
+            out = {"selected": [p.pid for p in wl.select()], "uninspectable": wl.uninspectable,
+                   "uid": os.geteuid()}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        got = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    shutil.rmtree(shared, ignore_errors=True)
+    if got["uid"] == os.getuid():
+        pytest.skip("cannot become another user here")
+    assert writer.pid not in got["selected"]
+    assert writer.pid in got["uninspectable"], got

@@ -171,12 +171,13 @@ class RunningTotals:
         self._first = False
 
 
-def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = frozenset()) -> set[int]:
+def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = frozenset(),
+               denied: list[int] | None = None) -> set[int]:
     """PIDs of the processes that hold one of ``paths`` open for writing.
 
     Compared by device and inode, so a file renamed by rotation or opened
     through another path still counts. Processes we may not look into (another
-    user's, without CAP_SYS_PTRACE) are passed over.
+    user's, without CAP_SYS_PTRACE) are passed over, and added to ``denied``.
     """
     targets = set()
     for path in paths:
@@ -198,6 +199,10 @@ def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = 
         fd_dir = os.path.join(proc_root, entry, "fd")
         try:
             fds = os.listdir(fd_dir)
+        except PermissionError:
+            if denied is not None:
+                denied.append(int(entry))
+            continue
         except OSError:
             continue
         for fd in fds:
@@ -273,6 +278,7 @@ class Workload:
         self.pid_file = pid_file
         self.children = children
         self.sources = sources or SourceWriters()
+        self.uninspectable: list[int] = []  # mode sources: processes whose open files we may not see
         self.sidecar_root = default_sidecar_root() if sidecar_root == "auto" else sidecar_root
         self.mode = self._resolve(mode, pid_file, cmdline)
         self.pattern = None
@@ -364,7 +370,8 @@ class Workload:
                      if pid not in excluded and self.pattern.search(" ".join(p.info.get("cmdline") or ()))}
             chosen = (tree(roots) if self.children else roots) - excluded
         elif self.mode == "sources":
-            roots = writers_of(self.sources.files(), self.proc_root, skip=excluded)
+            self.uninspectable = []
+            roots = writers_of(self.sources.files(), self.proc_root, skip=excluded, denied=self.uninspectable)
             roots = (roots | self.sources.socket_peers()) & procs.keys()
             chosen = (tree(roots) if self.children else roots) - excluded
         else:
@@ -494,7 +501,13 @@ class ProcessCollector(Collector):
         totals = self._totals
         rows = []
         cpu: dict[str, float] = {}
-        for p in self.workload.select():
+        selected = self.workload.select()
+        if not selected and self.workload.uninspectable:
+            self._denied.warning("uninspectable", "process collector: no writer of the sources found, but the "
+                                 "open files of %d processes (another user's) cannot be seen: run as the "
+                                 "workload's user, grant CAP_SYS_PTRACE, or set pid_file",
+                                 len(self.workload.uninspectable))
+        for p in selected:
             r = self._read(p)
             if r is None:
                 continue
