@@ -73,6 +73,25 @@ class MetricSpec:
         return check_number(v, ".".join(self.value_path), 0.0, MAX_AMOUNT)
 
 
+def _clash(name: str, typ: str, taken: dict[str, tuple[str, str]]) -> str:
+    """Why a mapping's metric could not be exposed beside the others ('' when it can); the
+    same metric in several mappings (same type) is fine. Records its names in ``taken``."""
+    from . import catalogue
+
+    base = name[:-6] if typ == "counter" else name
+    for suffix in catalogue.SAMPLE_SUFFIXES:
+        if base.endswith(suffix):
+            return f"{name!r} ends in {suffix}, which is how samples of other metrics are named"
+    names = catalogue.exposed_names(name, typ)
+    for n in names:
+        other = taken.get(n)
+        if other is not None and other != (name, typ):
+            return f"{name!r} ({typ}) would share the name {n} with {other[1]} {other[0]!r}"
+    for n in names:
+        taken[n] = (name, typ)
+    return ""
+
+
 def _missing(field: str):
     raise Rejected(MISSING_FIELD, f"'{field}' is required by a mapping")
 
@@ -100,6 +119,7 @@ def parse(top, key: str) -> tuple[UserMapping, ...]:
     from .config import Section  # late: config imports this module
 
     out = []
+    taken: dict[str, tuple[str, str]] = {}  # exposed name -> (metric, type), over all mappings
     for i, item in enumerate(raw):
         s = Section(top.source, f"{key}[{i}]", item)
         event = s.get("event", str, "")
@@ -140,6 +160,9 @@ def parse(top, key: str) -> tuple[UserMapping, ...]:
                 raise ms.error("buckets", "must be a sorted list of numbers")
             help_text = ms.get("help", str, f"Mapped from '{event}' events.")
             ms.finish()
+            problem = _clash(name, typ, taken)
+            if problem:
+                raise ms.error("name", problem)
             metrics.append(MetricSpec(
                 name, typ, help_text, tuple(value.split(".")) if value else (),
                 tuple((ln, tuple(f.split("."))) for ln, f in sorted(labels.items())),

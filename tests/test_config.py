@@ -42,6 +42,12 @@ def load_text(tmp_path, text):
     ("[labels]\n__meta = 'x'\n", "labels.__meta", "reserved"),
     ("[labels]\n'a-b' = 'x'\n", "labels.a-b", "not a valid Prometheus label name"),
     ("[labels_from_env]\n\"\u00fcber\" = 'POD'\n", "labels_from_env.\u00fcber", "not a valid"),
+    ("[[mappings]]\nevent = 'x'\n[[mappings.metrics]]\nname = 'app_lat'\ntype = 'histogram'\nvalue = 'v'\n"
+     "[[mappings]]\nevent = 'y'\n[[mappings.metrics]]\nname = 'app_lat_count'\ntype = 'gauge'\nvalue = 'v'\n",
+     "mappings[1].metrics[0].name", "ends in _count"),
+    ("[[mappings]]\nevent = 'x'\n[[mappings.metrics]]\nname = 'app_n'\ntype = 'counter'\n"
+     "[[mappings.metrics]]\nname = 'app_n'\ntype = 'gauge'\nvalue = 'v'\n",
+     "mappings[0].metrics[1].name", "would share the name app_n with counter 'app_n_total'"),
     ("[limits]\nmax_series = 0\n", "limits.max_series", "must be > 0"),
     ("[limits]\nmax_user_metrics = -1\n", "limits.max_user_metrics", "must be > 0"),
 ])
