@@ -35,16 +35,31 @@ TAGS = ["mlsidecar", "ml"]
 # --- panel builders -----------------------------------------------------------------------------
 
 SCOPE = 'namespace=~"$namespace", cluster=~"$cluster"'
-SELECTOR = re.compile(r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*)\{(\s*\}?)")
+SELECTOR = re.compile(r"(?<![\w:$])([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 
 
 def scoped(expr: str) -> str:
     """Every selector `name{...}` also matches the dashboard's namespace and cluster variables
     (`.*` under "All", which also matches series without the label: systemd hosts, and a
     Prometheus whose external labels are only added on remote_write)."""
-    if "$namespace" in expr:
-        return expr
-    return SELECTOR.sub(lambda m: f"{m.group(1)}{{{SCOPE}" + ("}" if m.group(2).strip() == "}" else ", "), expr)
+    def add(m):
+        inner = m.group(2).strip()
+        extra = [f'{k}=~"${k}"' for k in ("namespace", "cluster") if not re.search(rf"\b{k}\s*=", inner)]
+        return f"{m.group(1)}{{{', '.join(extra + ([inner] if inner else []))}}}"
+    expr = BARE.sub(lambda m: m.group(0) if _in_label_list(expr, m.start()) else m.group(1) + "{}", expr)
+    return SELECTOR.sub(add, expr)
+
+
+# A metric or recording-rule name without braces (`count by (x) (ml_cost_info)`, `ns:rule:rate5m`).
+BARE = re.compile(r"(?<![\w:$\"])((?:ml_|mlsidecar_)[\w:]*|[a-z_]+:[\w:]+)(?![\w:{(\"])")
+
+
+def _in_label_list(expr: str, pos: int) -> bool:
+    """Whether ``pos`` lies inside by (...), without (...), on (...), ignoring (...), group_x (...)."""
+    open_ = expr.rfind("(", 0, pos)
+    if open_ < 0 or ")" in expr[open_:pos]:
+        return False
+    return bool(re.search(r"\b(by|without|on|ignoring|group_left|group_right)\s*$", expr[:open_]))
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, fmt: str = "time_series"):
