@@ -360,13 +360,14 @@ class SeriesWriter:
                 os.posix_fallocate(f._f.fileno(), 0, capacity)
 
     def _new_series(self, sk: SeriesKey) -> bool:
-        """Create a series; False when its family is at the series limit."""
+        """Create a series; False when its family is at the series limit or the budget is used."""
         fam, lv = sk
         n = self._series_per_family.get(fam.name, 0)
-        if n >= self.series_limit:
-            return False
         weight = series_weight(fam)
-        if self.total_limit is not None and self.total + weight > self.total_limit:
+        # The sidecar's own series (weight 0) are bounded by design and never refused: the
+        # counter of refused series must always have room.
+        if weight and (n >= self.series_limit or
+                       (self.total_limit is not None and self.total + weight > self.total_limit)):
             return False
         self.total += weight
         self._series_per_family[fam.name] = n + 1

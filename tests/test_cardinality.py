@@ -243,3 +243,23 @@ def test_memory_stays_flat_past_the_limits(tmp_path, make_line):
     assert writer.total <= 2000
     assert len(mapper._dynamic) <= 200 and len(mapper._error_rates) <= 500
     assert os.path.getsize(os.path.join(state.metrics, "gauge_mostrecent_tail-x.db")) < 4 * 1024 * 1024
+
+
+def test_the_sidecars_own_series_are_never_refused(tmp_path):
+    """With a per-family limit smaller than the sidecar's own counters, counting a refused
+    series must neither recurse nor be refused itself."""
+    cfg = configmod.with_overrides(configmod.from_dict({"limits": {"max_series_per_metric": 1}}),
+                                   state_dir=str(tmp_path))
+    state = StateDir(str(tmp_path))
+    state.create()
+    writer = make_writer(cfg, state, "tail-x")
+    for name in ("a", "b", "c"):
+        writer.on_limited(name)
+    b = Batch()
+    b.inc(C.DEPLOYMENTS, ("m1", "v"))
+    b.inc(C.DEPLOYMENTS, ("m2", "v"))
+    writer.apply(b)
+    limited = {lv[0]: v for (f, lv), v in writer.values.items() if f is C.SERIES_LIMITED}
+    assert limited["a"] == limited["b"] == limited["c"] == 1
+    assert limited[C.DEPLOYMENTS.name] == 1
+    assert len(writer.series(C.DEPLOYMENTS)) == 1

@@ -60,11 +60,13 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
     limited_log = RateLimitedLog(log)
 
     def on_limited(name: str) -> None:
+        if name == C.SERIES_LIMITED.name:
+            return  # the counter of refused series is itself full: counting it would recurse
         writer.inc(C.SERIES_LIMITED, (name,))
-        limited_log.warning(name, "%s: new series dropped: the metric has %d series "
-                            "(limits.max_series_per_metric) or this worker's share of "
-                            "limits.max_series (%d) is used", name,
-                            cfg.limits.max_series_per_metric, writer.total_limit or 0)
+        limited_log.warning(name, "%s reached its limit of %d series (limits.max_series_per_metric), "
+                            "or this worker's share of limits.max_series (%d) is used; new series "
+                            "are dropped", name, cfg.limits.max_series_per_metric,
+                            writer.total_limit or 0)
 
     writer.on_limited = on_limited
     for kind, _message in writer.faults:  # already logged by the writer
