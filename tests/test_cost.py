@@ -314,3 +314,19 @@ def test_process_worker_charges_cpu_and_memory(tmp_path, keep_signals):
     # The collector itself runs in this (watched) process, so some CPU is used between readings.
     cpu = v[(COST_TOTAL, ("cpu", "on_demand", "", ""))]
     assert 0 < cpu < 3.0, cpu
+
+
+def test_gpu_collector_devices_attribution_charges_the_containers_gpus_wholly(tmp_path):
+    fake = FakeNVML([FakeGpu(name=H200, uuid=UUID0, processes=[(4242, GIB)]),
+                     FakeGpu(name="NVIDIA A100-SXM4-40GB", uuid=UUID1)])
+    opts = {k: d for k, (_t, d) in GpuCollector.options.items()}
+    opts.update(xid_events=False, attribution="devices")
+    c = GpuCollector(CollectorSettings("gpu", True, 5.0, opts), nvml=fake,
+                     environ={"NVIDIA_VISIBLE_DEVICES": UUID1})
+    c.setup()
+    try:
+        c.collect(SeriesWriter(str(tmp_path), "gpu"))
+    finally:
+        c.close()
+    # Only the GPU the container was given, whoever else runs on the machine's other GPU.
+    assert c.usage == Usage(gpus=(GpuShare("1", UUID1, "NVIDIA A100-SXM4-40GB", 1.0),))
