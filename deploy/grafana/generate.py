@@ -385,7 +385,14 @@ def model_dashboard():
                     "hour (constants in ml_recording.yml)."), 6)
     d.add(timeseries("Revenue at risk per hour by model",
                      [(f"namespace_model_name:ml_business_revenue_at_risk:per_hour{{{B}}}",
-                       "{{model_name}}")], "currencyUSD"), 24)
+                       "{{model_name}}")], "currencyUSD"))
+    d.add(timeseries("Estimated impact of the current issue ([impact] config)",
+                     [(f"namespace_model_name:ml_business_revenue_at_risk:estimate_per_hour{{{B}}}",
+                       "revenue at risk/h {{model_name}}"),
+                      (f"namespace_model_name:ml_business_users_affected:estimate{{{B}}}",
+                       "users affected {{model_name}}")], "short",
+                     desc="composite alert score x the model's Impact x 50 % of its revenue per hour, "
+                          "x 30 % of its active users (docs/severity.md)."))
     return d
 
 
