@@ -176,3 +176,81 @@ def test_classic_variant_matches_the_native_one():
     n_cm = next(d for d in docs(K8S / "inference-deployment.yaml") if d["kind"] == "ConfigMap")
     c_cm = next(d for d in docs(K8S / "inference-deployment-classic.yaml") if d["kind"] == "ConfigMap")
     assert n_cm["data"] == c_cm["data"]
+
+
+# --- which scrape job of deploy/prometheus/prometheus.yml takes each pod ----------------------
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _kept(job: dict, meta: dict) -> bool:
+    """Prometheus' keep/drop relabelling of one target (the other actions do not filter)."""
+    for r in job.get("relabel_configs", []):
+        if r.get("action") not in ("keep", "drop"):
+            continue
+        value = r.get("separator", ";").join(meta.get(s, "") for s in r["source_labels"])
+        match = re.fullmatch(r.get("regex", "(.*)"), value) is not None
+        if (r["action"] == "keep") != match:
+            return False
+    return True
+
+
+def _targets(job: dict, pod: dict, namespace: str, services: list[dict]) -> int:
+    """How many targets a Kubernetes job makes of one pod (one per matching endpoint port)."""
+    (sd,) = job["kubernetes_sd_configs"]
+    if namespace not in sd.get("namespaces", {}).get("names", [namespace]):
+        return 0
+    meta = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_phase": "Running"}
+    meta |= {f"__meta_kubernetes_pod_label_{_sanitize(k)}": v for k, v in pod["metadata"].get("labels", {}).items()}
+    meta |= {f"__meta_kubernetes_pod_annotation_{_sanitize(k)}": v
+             for k, v in pod["metadata"].get("annotations", {}).items()}
+    if sd["role"] == "pod":
+        return int(_kept(job, meta))
+    n = 0
+    for svc in services:
+        selector = svc["spec"].get("selector", {})
+        if svc["metadata"].get("namespace") != namespace or not selector.items() <= pod["metadata"]["labels"].items():
+            continue
+        for port in svc["spec"]["ports"]:
+            m = meta | {f"__meta_kubernetes_service_label_{_sanitize(k)}": v
+                        for k, v in svc["metadata"].get("labels", {}).items()}
+            m |= {"__meta_kubernetes_service_name": svc["metadata"]["name"],
+                  "__meta_kubernetes_endpoint_port_name": port.get("name", "")}
+            n += _kept(job, m)
+    return n
+
+
+def scrape_jobs(path: Path) -> dict[str, int]:
+    cfg = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    items = docs(path)
+    services = [d for d in items if d["kind"] == "Service"]
+    (w,) = [d for d in items if d["kind"] in ("Deployment", "Job")]
+    pod = w["spec"]["template"]
+    out = {}
+    for job in cfg["scrape_configs"]:
+        if "kubernetes_sd_configs" in job:
+            n = _targets(job, pod, w["metadata"].get("namespace", "default"), services)
+            if n:
+                out[job["job_name"]] = n
+    return out
+
+
+@pytest.mark.parametrize("path,job", [
+    (K8S / "inference-deployment.yaml", "ml-inference-services"),
+    (K8S / "inference-deployment-classic.yaml", "ml-inference-services"),
+    (K8S / "training-job.yaml", "ml-training-jobs"),
+], ids=lambda x: getattr(x, "name", x))
+def test_each_pod_is_scraped_by_exactly_one_job_once(path, job):
+    assert scrape_jobs(path) == {job: 1}
+
+
+def test_the_scrape_job_check_can_fail():
+    cfg = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    pods_job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "mlsidecar-pods")
+    training = docs(K8S / "training-job.yaml")[-1]["spec"]["template"]
+    assert _targets(pods_job, training, "ml-training", []) == 0  # left to ml-training-jobs
+    unlabelled = copy.deepcopy(training)
+    del unlabelled["metadata"]["labels"]["job_type"]
+    assert _targets(pods_job, unlabelled, "ml-training", []) == 1
+    assert _targets(pods_job, unlabelled, "default", []) == 0  # not an ML namespace
