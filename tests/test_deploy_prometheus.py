@@ -271,6 +271,9 @@ def test_podmonitor_and_alertmanager_config():
     pm = yaml.safe_load((PROM / "podmonitor.yaml").read_text())
     assert pm["kind"] == "PodMonitor" and pm["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(pm["spec"]["podTargetLabels"]) == {"ml_component", "model_name", "model_version", "job_name"}
+    # The operator names the job "<namespace>/<name>"; ours names it like the static configs.
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert {"targetLabel": "job", "replacement": "mlsidecar"} in endpoint["relabelings"]
 
     am = yaml.safe_load(ALERTMANAGER.read_text())
     receivers = {r["name"] for r in am["receivers"]}
