@@ -318,11 +318,19 @@ class CostMeter:
                 log.warning("cost state %s unreadable (%s); continuing from the metric files", self.path, exc)
                 state = None
                 self.totals, self.last = {}, {}
+        stored = {labels: float(v) for (fam, labels), v in self.writer.values.items() if fam is COST_TOTAL}
         if state is None:
             # No state of ours: continue from the counters in the metric files.
-            for (fam, labels), v in self.writer.values.items():
-                if fam is COST_TOTAL:
-                    self.totals[labels] = float(v)
+            self.totals = stored
+        elif not stored and any(self.totals.values()):
+            # Our metric files are gone: the supervisor folded them into the archive (the collector
+            # was switched off for a while), which goes on serving those totals. Counting on from
+            # them here would show them twice.
+            log.info("cost: this worker's metric files were archived; ml_cost_total starts again from 0")
+            self.totals = {}
+        else:
+            for labels, v in stored.items():  # the files are never ahead, but never go backwards
+                self.totals[labels] = max(self.totals.get(labels, 0.0), v)
         for labels, v in self.totals.items():
             self.writer.set_counter(COST_TOTAL, labels, v)
 

@@ -330,3 +330,33 @@ def test_gpu_collector_devices_attribution_charges_the_containers_gpus_wholly(tm
         c.close()
     # Only the GPU the container was given, whoever else runs on the machine's other GPU.
     assert c.usage == Usage(gpus=(GpuShare("1", UUID1, "NVIDIA A100-SXM4-40GB", 1.0),))
+
+
+def test_archived_metric_files_are_not_counted_twice(tmp_path):
+    """A collector switched off has its files folded into the archive, which keeps serving the
+    totals; when it comes back its counters start from 0, so archive + new = what was spent."""
+    from mlsidecar.runtime.state import StateDir
+
+    clock = Clock()
+    state = StateDir(str(tmp_path / "s"))
+    state.create()
+    path = cost.state_path(state.root, "gpu")
+    u = Usage(gpus=(GpuShare("0", UUID0, H200, 1.0),))
+    writer = SeriesWriter(state.metrics, "gpu")
+    meter = CostMeter(settings(), writer, path, environ={}, clock=clock)
+    meter.observe("gpu", u)
+    clock.t += 900.0
+    meter.observe("gpu", u)
+    writer.flush()
+    writer.close()
+    state.tidy({"collect"})  # the gpu worker is gone from the config: its files are archived
+    clock.t += 900.0
+    writer = SeriesWriter(state.metrics, "gpu")
+    meter = CostMeter(settings(), writer, path, environ={}, clock=clock)
+    meter.observe("gpu", u)
+    writer.flush()
+    writer.close()
+    archive = SeriesWriter(state.metrics, "archive")
+    served = total(archive, "gpu") + total(SeriesWriter(state.metrics, "gpu"), "gpu")
+    # 15 minutes before, 15 minutes across the gap: 2 x 1.00, each counted once.
+    assert served == pytest.approx(2.0, abs=1e-9)
