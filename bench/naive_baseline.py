@@ -8,6 +8,12 @@ gunicorn-style deployment does), reading the log line by line with json.loads an
 
 Prints one JSON line: {"seconds": ..., "predictions": <sum of ml_predictions_total in the scrape>}.
 ``--single`` uses the default (single-process) registry instead, for comparison.
+
+    python3 bench/naive_baseline.py LOG - --follow PORT
+
+``--follow PORT`` (bench_overhead.py): the textbook tailer in one process: the default
+registry served by ``start_http_server`` on 127.0.0.1:PORT, the file followed from its start
+with ``readline`` and a 0.1 s sleep at its end; runs until SIGTERM.
 """
 
 import json
@@ -16,7 +22,8 @@ import sys
 import time
 
 log_path, mp_dir = sys.argv[1], sys.argv[2]
-single = "--single" in sys.argv[3:]
+follow_port = int(sys.argv[sys.argv.index("--follow") + 1]) if "--follow" in sys.argv else None
+single = "--single" in sys.argv[3:] or follow_port is not None
 if not single:
     os.makedirs(mp_dir, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
@@ -34,6 +41,34 @@ latency = Histogram("ml_prediction_latency_seconds", "Prediction latency.",
                     ["model_name", "model_version"], buckets=LATENCY)
 confidence = Histogram("ml_prediction_confidence_score", "Prediction confidence.",
                        ["model_name", "model_version"], buckets=CONFIDENCE)
+
+
+def count(ev: dict) -> None:
+    if ev.get("event") != "prediction":
+        return
+    model, version = ev["model"], ev.get("version", "")
+    predictions.labels(model, version, ev.get("status", "success")).inc()
+    latency.labels(model, version).observe(ev["latency_s"])
+    if "confidence" in ev:
+        confidence.labels(model, version).observe(ev["confidence"])
+
+
+if follow_port is not None:
+    from prometheus_client import start_http_server
+
+    start_http_server(follow_port, addr="127.0.0.1")
+    with open(log_path, "r", encoding="utf-8") as fh:
+        partial = ""
+        while True:
+            line = fh.readline()
+            if not line:
+                time.sleep(0.1)
+                continue
+            if not line.endswith("\n"):  # the writer is mid-line: wait for the rest
+                partial += line
+                continue
+            count(json.loads(partial + line))
+            partial = ""
 
 t0 = time.perf_counter()
 with open(log_path, "r", encoding="utf-8") as fh:
