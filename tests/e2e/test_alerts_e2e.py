@@ -3,8 +3,8 @@
 The rules' windows and `for` durations are compressed 60 times in the test's copy of every rule
 file (5m -> 5s, 1h -> 1m, predict_linear's horizon likewise), with a 1s scrape and evaluation
 interval: one second of the test is one minute of rule time. Rates stay per second (the data is
-real). So the healthy phase of 30 s stands for 30 minutes of the shipped rules (the longest window and
-`for` of the alerts):
+real). So the healthy phase of 30 s stands for 30 minutes of the shipped rules (the longest `for:`
+of the alerts):
 
 1. the healthy demo raises no alert, pending or firing (after 10 s for the windows to fill);
    alerts about the test machine itself (its CPU, memory, disks) are left out: they judge the
@@ -59,11 +59,11 @@ def compress(text: str, factor: int = FACTOR) -> str:
     token = r"(?<![\w.])(?:\d+(?:ms|s|m|h|d|w))+(?![\w.])"
     out = []
     for line in text.splitlines(keepends=True):
-        code = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+        # Comments and annotation texts stay as they are.
         if line.lstrip().startswith("#") or re.match(r"\s+(summary|description|runbook_url|dashboard_url):", line):
             out.append(line)
             continue
-        line = re.sub(token, dur, code)
+        line = re.sub(token, dur, line)
         line = re.sub(r"(\]\s*,\s*)(\d+)(\s*\))", lambda m: f"{m.group(1)}{int(m.group(2)) // factor}{m.group(3)}", line)
         out.append(line)
     return "".join(out)
