@@ -114,7 +114,9 @@ def check_exposition(text: str, openmetrics: str) -> None:
 
 @pytest.fixture(autouse=True)
 def registry_snapshot():
-    """User families are registered on first use: each example starts from the built-ins."""
+    """User families are registered on first use: each example starts from the built-ins
+    (all of them imported first, so that restoring never drops one)."""
+    C.load_builtins()
     saved = dict(C.REGISTRY)
     yield
     C.REGISTRY.clear()
