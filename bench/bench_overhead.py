@@ -11,8 +11,9 @@ of a shared machine hits them all alike:
   process (``readline``, ``labels().inc()/observe()`` per event, ``start_http_server``).
 
 Phases (``--phases``, each ``--duration`` seconds): ``rest`` (no events), then N events/s
-appended in ten writes a second (lines from the cached prediction log, so writing costs the
-bench little). Each contender is scraped every ``--scrape-interval`` seconds, as Prometheus
+appended in ten writes a second by a writer process of its own (lines from the cached prediction
+log, so writing costs little; the process collector finds it as the workload).
+Each contender is scraped every ``--scrape-interval`` seconds, as Prometheus
 would. CPU is utime+stime from ``/proc/PID/stat`` of every process of the contender over the
 phase (CPU time, not wall-clock: other jobs on the machine slow a contender down but do not
 add to its CPU time), as % of one core; memory is ``Pss`` from ``/proc/PID/smaps_rollup``
@@ -32,6 +33,7 @@ import argparse
 import itertools
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -185,30 +187,40 @@ class Naive(Contender):
 
 # --- load -----------------------------------------------------------------------------------------
 
-class Writer(threading.Thread):
-    """Appends ``rate`` lines per second in ten writes a second, lines taken from ``source``."""
+class Writer:
+    """A process of its own (no children, like a workload) that appends ``rate`` lines a second
+    in ten writes a second, taken from ``source`` from line ``skip`` on (the process collector
+    finds the workload as the writer of the tailed file: the bench's own tree must not be it)."""
 
-    def __init__(self, path: str, rate: int, source, max_lines: int):
-        super().__init__(daemon=True)
-        self.path, self.rate, self.source, self.max_lines = path, rate, source, max_lines
+    def __init__(self, path: str, rate: int, source: str, skip: int):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_writer", path, str(rate),
+                                      source, str(skip)], stdout=subprocess.PIPE)
         self.written = 0
-        self.stop_flag = threading.Event()
 
-    def run(self) -> None:
-        per_tick = max(1, self.rate // 10)
-        next_at = time.monotonic()
-        with open(self.path, "ab", buffering=0) as fh:
-            while not self.stop_flag.is_set() and self.written < self.max_lines:
-                n = min(per_tick, self.max_lines - self.written)
-                data = b"".join(itertools.islice(self.source, n))
-                if not data:
-                    break
-                fh.write(data)
-                self.written += data.count(b"\n")
-                next_at += 0.1
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    self.stop_flag.wait(delay)
+    def stop(self) -> int:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(30)
+        self.written = int(out.decode().split()[-1])
+        return self.written
+
+
+def writer_main(path: str, rate: int, source: str, skip: int) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    lines = lines_forever(source)
+    for _ in itertools.islice(lines, skip):
+        pass
+    per_tick = max(1, rate // 10)
+    written = 0
+    next_at = time.monotonic()
+    with open(path, "ab", buffering=0) as fh:
+        while not stop.is_set():
+            data = b"".join(itertools.islice(lines, per_tick))
+            fh.write(data)
+            written += data.count(b"\n")
+            next_at += 0.1
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    print(written, flush=True)
 
 
 def lines_forever(path: str):
@@ -298,7 +310,6 @@ def main() -> int:
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     rates = [0 if p == "rest" else int(p) for p in phases]
     source_path, _facts = common.cached_log("predictions", 1_000_000, common.default_cache())
-    source = lines_forever(source_path)
     results: dict[tuple[str, str], list[dict]] = {}
     failed = False
     common.header(f"Overhead: phases {', '.join(phases)}, {args.duration:.0f} s each, x{args.repeat}, "
@@ -323,17 +334,14 @@ def main() -> int:
             for name, rate in zip(phases, rates):
                 w = None
                 if rate:
-                    w = Writer(target, rate, source, 10**12)
-                    w.start()
+                    w = Writer(target, rate, source_path, written)
                     time.sleep(args.warmup)
                 la0 = load_average()
                 print(f"  round {rnd + 1}: {name} ... (load {la0})", flush=True)
                 res = phase(contenders, args.duration, args.scrape_interval)
                 res["_load"] = f"{la0} -> {load_average()}"
                 if w is not None:
-                    w.stop_flag.set()
-                    w.join(10)
-                    written += w.written
+                    written += w.stop()
                     got = wait_counts(contenders, written)
                     bad = {n: v for n, v in got.items() if v != written}
                     if bad:
@@ -404,4 +412,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["_writer"]:
+        writer_main(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+        sys.exit(0)
     sys.exit(main())

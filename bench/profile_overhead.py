@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.bench_overhead import TICK, Sidecar, Writer, cpu_ticks, lines_forever, table  # noqa: E402
+from bench.bench_overhead import TICK, Sidecar, Writer, cpu_ticks, table  # noqa: E402
 
 
 def py_spy() -> str | None:
@@ -111,8 +111,7 @@ def main() -> int:
                   f"flags {' '.join(args.sidecar_flag) or '(defaults)'}")
     try:
         side.start()
-        w = Writer(target, args.rate, lines_forever(source_path), 10**12)
-        w.start()
+        w = Writer(target, args.rate, source_path, 0)
         time.sleep(args.warmup)
         pids = side.pids()
         labels = side.labels()
@@ -150,7 +149,7 @@ def main() -> int:
         rows = [[k] + [" / ".join(str(x) for x in per[p].get(k, [0, 0, 0])) for p in pids] for k in kinds]
         rows.append(["total Pss"] + [str(sum(v[0] for v in per[p].values())) for p in pids])
         print(table(["mapping"] + [f"{labels.get(p, '?')} ({p})" for p in pids], rows))
-        w.stop_flag.set()
+        w.stop()
     finally:
         side.stop()
         shutil.rmtree(work, ignore_errors=True)
