@@ -335,6 +335,30 @@ def test_writers_of_finds_the_processes_holding_a_file_open_for_writing(spawn, t
     assert reader.pid not in P.writers_of([str(tmp_path / "events.jsonl.1")])
 
 
+def test_sources_mode_looks_at_every_process_only_now_and_then(spawn, tmp_path, monkeypatch):
+    """Between full looks only the known writers are checked (the full look over every open file
+    of every process was most of the collector's CPU); a writer that stops is dropped at once."""
+    path = tmp_path / "events.jsonl"
+    path.touch()
+    srcs = P.SourceWriters(type("S", (), {"tail": (str(path),), "socket": ""})())
+    wl = Workload("sources", environ={}, sources=srcs, sidecar_root=None, children=False)
+    first = spawn(APPENDER, str(path))
+    assert {p.pid for p in wl.select()} == {first.pid}
+    full_looks = []
+    real = P.writers_of
+    monkeypatch.setattr(P, "writers_of", lambda *a, **kw: full_looks.append(kw.get("only")) or real(*a, **kw))
+    second = spawn(APPENDER, str(path))
+    assert {p.pid for p in wl.select()} == {first.pid}  # not looked for yet
+    assert full_looks == [{first.pid}]
+    monkeypatch.setattr(P, "WRITERS_LOOK_EVERY", 0.0)
+    assert {p.pid for p in wl.select()} == {first.pid, second.pid}
+    assert full_looks[-1] is None
+    monkeypatch.setattr(P, "WRITERS_LOOK_EVERY", 3600.0)
+    first.kill()
+    first.wait()
+    assert {p.pid for p in wl.select()} == {second.pid}
+
+
 def test_auto_mode_on_a_host_watches_the_writers_of_the_sources(tmp_path):
     host, pod = _proc_root(tmp_path, P.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
     srcs = P.SourceWriters(type("S", (), {"tail": ("/logs/*.jsonl",), "socket": ""})())

@@ -57,6 +57,9 @@ INIT_PID_NS_INODE = 0xEFFFFFFC
 MODES = ("auto", "pid_file", "cmdline", "namespace", "sources")
 O_ACCMODE, O_WRONLY, O_RDWR = os.O_ACCMODE, os.O_WRONLY, os.O_RDWR
 MODE_ENV = "MLSIDECAR_PROCESS_MODE"
+# Mode sources: every open file of every process is looked at this often (and whenever no writer
+# is known, or a known one stopped writing); in between only the known writers are checked.
+WRITERS_LOOK_EVERY = 30.0
 
 
 def _f(*args, **kwargs) -> Family:
@@ -172,12 +175,13 @@ class RunningTotals:
 
 
 def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = frozenset(),
-               denied: list[int] | None = None) -> set[int]:
+               denied: list[int] | None = None, only: Iterable[int] | None = None) -> set[int]:
     """PIDs of the processes that hold one of ``paths`` open for writing.
 
     Compared by device and inode, so a file renamed by rotation or opened
     through another path still counts. Processes we may not look into (another
     user's, without CAP_SYS_PTRACE) are passed over, and added to ``denied``.
+    ``only``: look at these PIDs alone instead of every process.
     """
     targets = set()
     for path in paths:
@@ -190,7 +194,7 @@ def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = 
     if not targets:
         return found
     try:
-        entries = os.listdir(proc_root)
+        entries = os.listdir(proc_root) if only is None else [str(pid) for pid in only]
     except OSError:
         return found
     for entry in entries:
@@ -279,6 +283,8 @@ class Workload:
         self.children = children
         self.sources = sources or SourceWriters()
         self.uninspectable: list[int] = []  # mode sources: processes whose open files we may not see
+        self._writers: set[int] = set()  # mode sources: the writers found by the last full look
+        self._looked_at = 0.0
         self.sidecar_root = default_sidecar_root() if sidecar_root == "auto" else sidecar_root
         self.mode = self._resolve(mode, pid_file, cmdline)
         self.pattern = None
@@ -370,8 +376,16 @@ class Workload:
                      if pid not in excluded and self.pattern.search(" ".join(p.info.get("cmdline") or ()))}
             chosen = (tree(roots) if self.children else roots) - excluded
         elif self.mode == "sources":
-            self.uninspectable = []
-            roots = writers_of(self.sources.files(), self.proc_root, skip=excluded, denied=self.uninspectable)
+            # Looking at every open file of every process costs most of this collector's CPU on
+            # a busy host: between full looks, only check that the known writers still write.
+            files = self.sources.files()
+            known = self._writers & procs.keys()
+            if not (known and time.monotonic() - self._looked_at < WRITERS_LOOK_EVERY
+                    and writers_of(files, self.proc_root, only=known) == known):
+                self.uninspectable = []
+                known = writers_of(files, self.proc_root, skip=excluded, denied=self.uninspectable)
+                self._writers, self._looked_at = known, time.monotonic()
+            roots = known
             roots = (roots | self.sources.socket_peers()) & procs.keys()
             chosen = (tree(roots) if self.children else roots) - excluded
         else:
