@@ -10,7 +10,8 @@ of a shared machine hits them all alike:
 * ``naive``: ``bench/naive_baseline.py --follow``, a textbook prometheus_client tailer in one
   process (``readline``, ``labels().inc()/observe()`` per event, ``start_http_server``).
 
-Phases (``--phases``, each ``--duration`` seconds): ``rest`` (no events), then N events/s
+Phases (``--phases``, each ``--duration`` seconds): ``rest`` (no events; the writer process
+holds the file open, as an idle workload does), then N events/s
 appended in ten writes a second by a writer process of its own (lines from the cached prediction
 log, so writing costs little; the process collector finds it as the workload).
 Each contender is scraped every ``--scrape-interval`` seconds, as Prometheus
@@ -210,10 +211,12 @@ def writer_main(path: str, rate: int, source: str, skip: int) -> None:
     lines = lines_forever(source)
     for _ in itertools.islice(lines, skip):
         pass
-    per_tick = max(1, rate // 10)
+    per_tick = rate // 10
     written = 0
     next_at = time.monotonic()
-    with open(path, "ab", buffering=0) as fh:
+    with open(path, "ab", buffering=0) as fh:  # rate 0: an idle workload, holding its log open
+        while not stop.is_set() and not per_tick:
+            stop.wait(1.0)
         while not stop.is_set():
             data = b"".join(itertools.islice(lines, per_tick))
             fh.write(data)
@@ -332,16 +335,14 @@ def main() -> int:
                 c.start()
             time.sleep(args.warmup)
             for name, rate in zip(phases, rates):
-                w = None
-                if rate:
-                    w = Writer(target, rate, source_path, written)
-                    time.sleep(args.warmup)
+                w = Writer(target, rate, source_path, written)
+                time.sleep(args.warmup if rate else 1.0)
                 la0 = load_average()
                 print(f"  round {rnd + 1}: {name} ... (load {la0})", flush=True)
                 res = phase(contenders, args.duration, args.scrape_interval)
                 res["_load"] = f"{la0} -> {load_average()}"
-                if w is not None:
-                    written += w.stop()
+                written += w.stop()
+                if rate:
                     got = wait_counts(contenders, written)
                     bad = {n: v for n, v in got.items() if v != written}
                     if bad:

@@ -8,6 +8,7 @@ again now and then, and the rest of the sidecar runs on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from .. import catalogue as C
@@ -21,12 +22,14 @@ from .worker import Stop, make_writer, write_status
 log = logging.getLogger("mlsidecar.collect")
 
 RETRY_SETUP_EVERY = 60.0
+HEARTBEAT = 5.0
 
 
 def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: dict | None = None,
                          max_runs: int | None = None) -> None:
     """Run the named collectors until SIGTERM (or ``max_runs`` rounds, for tests)."""
     stop = Stop()
+    stop.wake = threading.Event()  # SIGTERM sets it: the wait below ends at once, no polling
     state = StateDir(cfg.state_dir)
     writer = make_writer(cfg, state, identity, journal=False)
     classes = collectors.load_all()
@@ -58,10 +61,9 @@ def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: 
             runs += 1
             if max_runs is not None and runs >= max_runs:
                 break
-            wait = max(0.05, min(it["next"] for it in items) - time.monotonic())
-            deadline = time.monotonic() + wait
-            while not stop.requested and time.monotonic() < deadline:
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            # At most HEARTBEAT between status writes: /readyz calls an older status stale (10 s),
+            # and a collector may run less often than that (host: every 15 s).
+            stop.wake.wait(min(HEARTBEAT, max(0.05, min(it["next"] for it in items) - time.monotonic())))
     finally:
         for it in items:
             try:

@@ -30,7 +30,10 @@ log = logging.getLogger("mlsidecar.worker")
 
 INTERNAL = "internal_error"
 READ_PAUSE = 0.05  # seconds between reads of a file that is written slowly
-CAUGHT_UP_FLUSH = 0.1  # seconds between flushes once the files are read to their end
+CAUGHT_UP_FLUSH = 0.1  # seconds between flushes once the files are read to their end after a burst
+BURST_BYTES = 1 << 20  # read since the last flush: a burst, whose last lines are flushed at once
+STATUS_EVERY = 3.0  # seconds between status writes when only counts changed (the server's STALE_AFTER is 10)
+GAUGE_REFRESH = 60.0  # an unchanged gauge is written again this often (it must not expire)
 
 
 class Stop:
@@ -243,7 +246,9 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     stop.wake = tailer.wake
     flush_every = cfg.sources.flush_interval
     poll = cfg.sources.poll_interval
-    last_flush = last_scan = last_status = 0.0
+    last_flush = last_scan = last_status = last_status_write = 0.0
+    last_shape: tuple = ()
+    behind_written: dict[str, tuple[int, float]] = {}
     bytes_read: dict[str, int] = {}
     log.info("%s following %s (%s)", identity, ", ".join(patterns), tailer.watch_mode)
 
@@ -282,9 +287,11 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     break
             now = time.time()
             pending = bool(batch or bytes_read or oversized_sources)
-            # Busy: flush every flush_interval. Caught up: flush what is pending now (but at
-            # most every CAUGHT_UP_FLUSH), so the last lines of a burst show at once.
-            due = flush_every if progressed or not pending else CAUGHT_UP_FLUSH
+            # Busy: flush every flush_interval. Caught up after a burst: flush what is pending now
+            # (at most every CAUGHT_UP_FLUSH), so its last lines show at once. A trickle is flushed
+            # every flush_interval: each flush writes the journal, most of the cost at a steady load.
+            burst = sum(bytes_read.values()) >= BURST_BYTES
+            due = CAUGHT_UP_FLUSH if pending and not progressed and burst else flush_every
             if now - last_flush >= due and (pending or not last_flush or mapper.analytics):
                 # With analytics on, flush (and so tick) even when idle: windows keep expiring.
                 flush(now)
@@ -294,18 +301,33 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
                 writer.forget_expired(now)
                 for tf in tailer.files.values():
-                    writer.set_gauge(C.BYTES_BEHIND, (tf.path,), tailer.behind(tf), now)
-                write_status(state, identity, "tail", {
-                    "patterns": patterns, "watch": tailer.watch_mode,
-                    "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
-                                 "bytes_behind": tailer.behind(tf), "rotated": tf.draining}
-                                for tf in tailer.readable()],
-                    "accepted": ingest.accepted, "rejected": ingest.rejected,
-                    **({"error": health.error} if health.error else {})})
+                    # Written when it changes (and now and then, so it does not expire): an
+                    # unchanged gauge would otherwise make a flush, and a journal write, per second.
+                    behind = tailer.behind(tf)
+                    old = behind_written.get(tf.path)
+                    if old is None or old[0] != behind or now - old[1] >= GAUGE_REFRESH:
+                        writer.set_gauge(C.BYTES_BEHIND, (tf.path,), behind, now)
+                        behind_written[tf.path] = (behind, now)
+                if len(behind_written) > len(tailer.files):  # files retired: forget them here too
+                    behind_written = {tf.path: behind_written[tf.path] for tf in tailer.files.values()
+                                      if tf.path in behind_written}
+                readable = list(tailer.readable())
+                shape = (tailer.watch_mode, health.error, tuple((tf.path, tf.draining) for tf in readable))
+                # Counts alone change every second under load: they are written every STATUS_EVERY
+                # (the heartbeat /readyz reads); a new source, a rotation or an error at once.
+                if shape != last_shape or now - last_status_write >= STATUS_EVERY:
+                    write_status(state, identity, "tail", {
+                        "patterns": patterns, "watch": tailer.watch_mode,
+                        "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
+                                     "bytes_behind": tailer.behind(tf), "rotated": tf.draining}
+                                    for tf in readable],
+                        "accepted": ingest.accepted, "rejected": ingest.rejected,
+                        **({"error": health.error} if health.error else {})})
+                    last_shape, last_status_write = shape, now
                 last_status = now
             if not progressed:
                 # Idle: sleep until a file changes, a pending flush is due, or the rescan.
-                wake_in = last_flush + CAUGHT_UP_FLUSH - time.time() if pending else min(poll, 0.5)
+                wake_in = last_flush + due - time.time() if pending else min(poll, 0.5)
                 tailer.wait(max(0.0, wake_in))
                 # A chatty writer wakes us per line; reading at most every READ_PAUSE
                 # turns a thousand wake-ups a second into a few reads of many lines.
