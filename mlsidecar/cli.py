@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
             demo_pid_file: str | None = None, on_bound=None) -> int:
     from . import logs
     from .runtime.supervisor import Supervisor
-    from .server import bind
+    from .listen import bind  # not .server: the supervisor must not import aiohttp (every worker would)
 
     flags = _flags(args)
     try:

@@ -26,6 +26,7 @@ from . import catalogue as C
 from . import negotiate
 from .config import Config
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
+from .listen import bind  # noqa: F401 - where it used to live
 from .logs import RateLimitedLog
 from .runtime.state import StateDir
 from .exemplars import ExemplarReader
@@ -397,22 +398,6 @@ class Acceptor:
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
             proto.release()  # a failed or timed-out TLS handshake
             conn.close()
-
-
-def bind(listen: str) -> socket.socket:
-    """Open the scrape port before anything starts, so 'address in use' fails early."""
-    from .config import parse_listen
-
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6 and host == "::":
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:

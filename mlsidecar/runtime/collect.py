@@ -1,4 +1,9 @@
-"""The collector worker: runs some collectors, each on its own interval.
+"""The collector worker: runs the collectors, each on its own interval.
+
+Every collector runs in this one process. A collector that may hang in a driver call (the GPU's
+NVML: ``own_process``) runs on a thread of its own, with its own identity, files and status, so
+a hung call stalls nothing else (ctypes releases the GIL while NVML is called); a thread that
+fails ends the process, and the supervisor restarts it.
 
 A collector that cannot start (no NVML, no GPU, nothing to watch) is logged
 once and exported as ``mlsidecar_collector_up{collector} 0``; it is tried
@@ -25,11 +30,47 @@ RETRY_SETUP_EVERY = 60.0
 HEARTBEAT = 5.0
 
 
+def run_collector_groups(cfg: Config, groups: list[tuple[str, list[str]]]) -> None:
+    """Run groups of collectors until SIGTERM: (identity, names), the first on this thread,
+    each other one on a thread of its own."""
+    stop = Stop()
+    stop.wake = threading.Event()
+    failed: list[str] = []
+
+    def run(identity: str, names: list[str]) -> None:
+        try:
+            _collector_loop(identity, cfg, names, stop)
+        except BaseException:  # noqa: BLE001 - the whole worker restarts, not one thread silently gone
+            log.exception("%s: collectors stopped by an error; restarting the worker", identity)
+            failed.append(identity)
+            stop.requested = True
+            stop.wake.set()
+
+    threads = [threading.Thread(target=run, args=(ident, list(names)), name=ident, daemon=True)
+               for ident, names in groups[1:]]
+    for t in threads:
+        t.start()
+    try:
+        run(groups[0][0], list(groups[0][1]))
+    finally:
+        stop.requested = True
+        stop.wake.set()
+        for t in threads:
+            t.join(5.0)  # one hung in a driver call is a daemon thread: it does not hold the exit
+    if failed:
+        raise SystemExit(1)
+
+
 def run_collector_worker(identity: str, cfg: Config, names: list[str], handles: dict | None = None,
                          max_runs: int | None = None) -> None:
     """Run the named collectors until SIGTERM (or ``max_runs`` rounds, for tests)."""
     stop = Stop()
     stop.wake = threading.Event()  # SIGTERM sets it: the wait below ends at once, no polling
+    _collector_loop(identity, cfg, names, stop, handles, max_runs)
+
+
+def _collector_loop(identity: str, cfg: Config, names: list[str], stop: Stop, handles: dict | None = None,
+                    max_runs: int | None = None) -> None:
     state = StateDir(cfg.state_dir)
     writer = make_writer(cfg, state, identity, journal=False)
     classes = collectors.load_all()

@@ -6,7 +6,8 @@ Process tree::
       ├─ server                      aiohttp on the one scrape port
       ├─ tail-<hash>                 one per --tail pattern
       ├─ socket                      when a socket source is configured
-      └─ collect / gpu               collectors (the GPU one on its own: a hung driver stays there)
+      └─ collect                     collectors; the GPU's on a thread of its own, as identity
+                                     ``gpu`` (a hung driver call stalls nothing else)
 
 SIGTERM or SIGINT: the workers flush and exit, then the server, then the
 supervisor. SIGHUP: the config file is read again; a bad one is refused with a
@@ -15,6 +16,7 @@ log line and the running config stays.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -71,6 +73,13 @@ def _sources(cfg: Config) -> tuple:
     return src.tail + tuple(p for p in (src.socket, src.socket_datagram) if p)
 
 
+def identities(spec: WorkerSpec) -> tuple[str, ...]:
+    """The identities a worker writes as (files, status): a collect worker has one per group."""
+    if spec.role == "collect":
+        return tuple(ident for ident, _names in spec.args)
+    return (spec.identity,)
+
+
 def plan(cfg: Config) -> list[WorkerSpec]:
     """The workers a config needs (the server is added by the supervisor)."""
     specs = [WorkerSpec(tail_identity(p), "tail", (p,)) for p in dict.fromkeys(cfg.sources.tail)]
@@ -83,10 +92,10 @@ def plan(cfg: Config) -> list[WorkerSpec]:
         classes = collectors.load_all()
         shared = [name for name, _ in enabled if not classes[name].own_process]
         own = [name for name, _ in enabled if classes[name].own_process]
-        if shared:
-            specs.append(WorkerSpec("collect", "collect", tuple(shared)))
-        for name in own:
-            specs.append(WorkerSpec(name, "collect", (name,)))
+        # One process for all of them (each Python process costs ~10 MB): the shared ones as
+        # "collect", each own_process one (the GPU) on a thread of its own under its own identity.
+        groups = ([("collect", tuple(shared))] if shared else []) + [(name, (name,)) for name in own]
+        specs.append(WorkerSpec(groups[0][0], "collect", tuple(groups)))
     return specs
 
 
@@ -121,9 +130,9 @@ def _worker_main(spec: WorkerSpec, cfg: Config, sock: socket.socket | None, expe
 
         run_socket_worker(spec.identity, cfg)
     elif spec.role == "collect":
-        from .collect import run_collector_worker
+        from .collect import run_collector_groups
 
-        run_collector_worker(spec.identity, cfg, list(spec.args))
+        run_collector_groups(cfg, [(ident, list(names)) for ident, names in spec.args])
     else:
         raise ValueError(f"unknown worker role {spec.role}")
 
@@ -162,7 +171,7 @@ class Supervisor:
     def start(self) -> None:
         self.state.create()
         specs = plan(self.cfg)
-        self.state.tidy({s.identity for s in specs} | {"server", "supervisor"})
+        self.state.tidy({i for s in specs for i in identities(s)} | {"server", "supervisor"})
         self._open_writer(specs)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
@@ -194,10 +203,14 @@ class Supervisor:
             self._state_log.warning("flush", "cannot write the supervisor's series: %s", exc)
 
     def _expected(self) -> list[str]:
-        return [w.spec.identity for w in self.workers.values()]
+        return [i for w in self.workers.values() for i in identities(w.spec)]
 
     def _spawn(self, w: Worker) -> None:
-        self.state.clear_status(w.spec.identity)
+        for ident in identities(w.spec):
+            self.state.clear_status(ident)
+        # What the child inherits stays shared: frozen objects are never traversed by the
+        # collector here, so a collection in the supervisor does not copy the pages under them.
+        gc.freeze()
         p = self.ctx.Process(target=_worker_main, name=w.spec.identity,
                              args=(w.spec, self.cfg, self.sock, self._expected()), daemon=False)
         p.start()
@@ -296,7 +309,7 @@ class Supervisor:
         self.cfg = new
         self.workers = {}
         specs = plan(self.cfg)
-        self.state.tidy({s.identity for s in specs} | {"server", "supervisor"})
+        self.state.tidy({i for s in specs for i in identities(s)} | {"server", "supervisor"})
         self._open_writer(specs)
         self._start_workers(specs)
 
