@@ -110,11 +110,12 @@ def name_clash(name: str, typ: str) -> str | None:
 
 def load_builtins() -> None:
     """Import every module that registers built-in families, so that a user family is
-    checked against all of them (collectors and analytics register theirs on import)."""
+    checked against all of them (collectors, analytics, cost, impact and the server's
+    self-metrics register theirs on import)."""
     import importlib
     import pkgutil
 
-    from . import analytics, collectors
+    from . import analytics, collectors, cost, impact, selfmetrics  # noqa: F401  (they register families)
 
     collectors.load_all()
     for info in pkgutil.iter_modules(analytics.__path__):

@@ -20,6 +20,7 @@ import math
 import os
 
 import orjson
+from prometheus_client.utils import floatToGoString
 
 from .events import INVALID_VALUE, WRONG_TYPE, Rejected
 from .logs import RateLimitedLog
@@ -42,7 +43,8 @@ def check_trace_id(value) -> str:
 
 
 def le_text(le: float) -> str:
-    return "+Inf" if le == math.inf else repr(le)
+    """A bucket bound as the exposition spells it (prometheus_client's floatToGoString)."""
+    return floatToGoString(le)
 
 
 class ExemplarStore:

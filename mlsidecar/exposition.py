@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
+from prometheus_client.utils import floatToGoString
 
 from . import catalogue
 from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS
@@ -123,6 +124,10 @@ def _with_exemplars(name: str, lines: list[str], exemplars: dict) -> list[str]:
     by_prefix = {}
     for (label_items, le), ex in exemplars.items():
         base = ",".join(f'{k}="{escape_label(v)}"' for k, v in label_items)
+        try:
+            le = floatToGoString(le)  # the bucket lines' spelling (a file may hold another)
+        except ValueError:
+            continue
         by_prefix[f'{name}_bucket{{{base}{"," if base else ""}le="{le}"}} '] = suffix(ex)
     out = []
     for line in lines:
@@ -283,7 +288,10 @@ class MetricsReader:
         if not self._valid(view.type, metric_name, sample_name, labels, le):
             return self._skip(SKIP_INVALID_NAME)
         label_items = tuple(sorted((k, str(v)) for k, v in labels.items()))
-        ident = (metric_name, sample_name, label_items, le)
+        # A bucket is its bound, however a writer spelled it ("1e+07", "10000000.0"), as in
+        # prometheus_client's MultiProcessCollector: both spellings add up in one bucket.
+        bound = None if le is None else float(le)
+        ident = (metric_name, sample_name, label_items, bound)
         slot = self._slot_ids.get(ident)
         if slot is not None:
             return slot
@@ -300,8 +308,8 @@ class MetricsReader:
         self._slot_family.append(fam)
         if view.type == "histogram":
             fam.histogram_plan = None  # a new bucket or sum: plan the lines again
-            if le is not None:
-                fam.buckets.setdefault(label_items, {})[float(le)] = slot
+            if bound is not None:
+                fam.buckets.setdefault(label_items, {})[bound] = slot
             elif sample_name.endswith("_sum"):
                 fam.sums[label_items] = slot
         else:
@@ -465,7 +473,7 @@ class MetricsReader:
             sep = "," if base else ""
             buckets = []
             for le in sorted(by_le):
-                le_text = "+Inf" if le == INF else repr(le)
+                le_text = floatToGoString(le)  # as prometheus_client writes it: 1e7 is "1e+07"
                 buckets.append((by_le[le], f'{fam.name}_bucket{{{base}{sep}le="{le_text}"}} '))
             suffix = "{" + base + "}" if base else ""
             plan.append((sum_slot, buckets, f"{fam.name}_count{suffix} ", f"{fam.name}_sum{suffix} "))
