@@ -39,7 +39,9 @@ KINDS = ("prediction", "label", "evaluation", "drift", "feature_importance", "da
          "deployment", "training", "batch", "checkpoint", "pipeline", "queue", "freshness",
          "schema_violation", "metric")
 
-MAX_LABEL_LENGTH = 128
+# Label values are cut to this many characters unless limits.label_value_length says otherwise
+# (passed to the Mapper and the analytics engine; never assigned here).
+DEFAULT_LABEL_LENGTH = 128
 
 # The largest value that is added up: a counter increment, a histogram observation, a record
 # count. 2**53 is the last integer a double holds exactly; with every addend at most this, no
@@ -74,8 +76,8 @@ def parse_line(line: bytes) -> dict:
     return ev
 
 
-def label(ev: dict, name: str, default: str | None = None) -> str:
-    """A label value from a field: strings as they are, integers as text, capped in length."""
+def label(ev: dict, name: str, default: str | None = None, limit: int = DEFAULT_LABEL_LENGTH) -> str:
+    """A label value from a field: strings as they are, integers as text, cut to ``limit`` characters."""
     v = ev.get(name)
     if v is None:
         if default is None:
@@ -83,8 +85,8 @@ def label(ev: dict, name: str, default: str | None = None) -> str:
         return default
     t = type(v)
     if t is str:
-        if len(v) > MAX_LABEL_LENGTH:
-            return v[:MAX_LABEL_LENGTH]
+        if len(v) > limit:
+            return v[:limit]
         return v
     if t is int:
         return str(v)

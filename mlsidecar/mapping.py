@@ -53,8 +53,10 @@ class Mapper:
     def __init__(self, batch: Batch, *, metric_prefix: str = "", user_mappings=(),
                  metric_buckets: tuple[float, ...] = C.LATENCY_BUCKETS, analytics=None,
                  error_rate_window: float = 300.0, clock: Callable[[], float] = time.time,
-                 max_user_metrics: int = 500, max_error_rates: int = 10000):
+                 max_user_metrics: int = 500, max_error_rates: int = 10000,
+                 label_value_length: int = events.DEFAULT_LABEL_LENGTH):
         self.batch = batch
+        self.label_length = label_value_length  # limits.label_value_length
         self.metric_prefix = metric_prefix
         self.user_mappings = {}
         for m in user_mappings:
@@ -89,6 +91,15 @@ class Mapper:
         if analytics is not None:
             for kind, handler in analytics.handlers().items():
                 self.handlers.setdefault(kind, handler)
+
+    def _label(self, ev: dict, name: str, default: str | None = None) -> str:
+        return label(ev, name, default, self.label_length)
+
+    def _cap(self, v: str) -> str:
+        """A label value from a name inside an event (a loss type, a queue), cut to the limit."""
+        if type(v) is not str:
+            raise Rejected(WRONG_TYPE, "names must be strings")
+        return v[:self.label_length]
 
     def restore(self, values: dict) -> None:
         """Pick up what a previous worker left in the metric files (training runs in progress)."""
@@ -167,7 +178,8 @@ class Mapper:
         if trace_id is not None:
             check_trace_id(trace_id)
         if rec is None:
-            labels = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "status", "success"))
+            labels = (self._label(ev, "model"), self._label(ev, "version", "unknown"),
+                      self._label(ev, "status", "success"))
             rec = self._records.get(labels)
         req, resp = get("request_bytes"), get("response_bytes")
         if req is not None or resp is not None:
@@ -213,7 +225,8 @@ class Mapper:
         self._records.clear()
 
     def evaluation(self, ev: dict) -> None:
-        key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "dataset", "unknown"))
+        key = (self._label(ev, "model"), self._label(ev, "version", "unknown"),
+               self._label(ev, "dataset", "unknown"))
         y_true, y_pred = ev.get("y_true"), ev.get("y_pred")
         if y_true is not None or y_pred is not None:
             if type(y_true) is not list or type(y_pred) is not list:
@@ -239,17 +252,17 @@ class Mapper:
                 self.batch.set(fam, key, v)
 
     def drift(self, ev: dict) -> None:
-        key = (label(ev, "model"), label(ev, "version", "unknown"), label(ev, "feature"))
+        key = (self._label(ev, "model"), self._label(ev, "version", "unknown"), self._label(ev, "feature"))
         self.batch.set(C.FEATURE_DRIFT, key, number(ev, "score"))
 
     def data_quality(self, ev: dict) -> None:
-        model, version = label(ev, "model"), label(ev, "version", "unknown")
+        model, version = self._label(ev, "model"), self._label(ev, "version", "unknown")
         scores = mapping_of_numbers(ev, "scores")
         for metric, v in scores.items():
-            self.batch.set(C.DATA_QUALITY, (model, version, _cap(metric)), v)
+            self.batch.set(C.DATA_QUALITY, (model, version, self._cap(metric)), v)
 
     def deployment(self, ev: dict) -> None:
-        key = (label(ev, "model"), label(ev, "version", "unknown"))
+        key = (self._label(ev, "model"), self._label(ev, "version", "unknown"))
         size = amount(ev, "size_bytes", required=False)
         self.batch.inc(C.DEPLOYMENTS, key)
         if size is not None:
@@ -257,7 +270,7 @@ class Mapper:
 
     # --- training ----------------------------------------------------------------
     def training(self, ev: dict) -> None:
-        job = (label(ev, "job"),)
+        job = (self._label(ev, "job"),)
         epoch = number(ev, "epoch", required=False, minimum=0)
         lr = number(ev, "learning_rate", required=False, minimum=0)
         losses = losses_field(ev, "losses")
@@ -279,7 +292,7 @@ class Mapper:
         if loss is not None:
             self._loss(job + ("train",), loss)
         for loss_type, v in (losses or {}).items():
-            self._loss(job + (_cap(loss_type),), v)
+            self._loss(job + (self._cap(loss_type),), v)
 
     def _loss(self, key: tuple, v: float) -> None:
         """Export the loss as it is (NaN and infinities too) and count the non-finite ones,
@@ -288,7 +301,7 @@ class Mapper:
         self.batch.inc(C.TRAINING_LOSS_NONFINITE, key, 0 if math.isfinite(v) else 1)
 
     def batch_event(self, ev: dict) -> None:
-        job = (label(ev, "job"),)
+        job = (self._label(ev, "job"),)
         duration = amount(ev, "duration_s")
         size = amount(ev, "batch_size", required=False)
         self.batch.observe(C.TRAINING_BATCH, job, duration)
@@ -297,7 +310,7 @@ class Mapper:
             self.batch.inc(C.TRAINING_SAMPLES, job, size)
 
     def checkpoint(self, ev: dict) -> None:
-        job = (label(ev, "job"),)
+        job = (self._label(ev, "job"),)
         size = number(ev, "size_bytes", minimum=0)
         duration = amount(ev, "duration_s", required=False)
         self.batch.set(C.CHECKPOINT_SIZE, job, size)
@@ -306,8 +319,8 @@ class Mapper:
 
     # --- pipeline ------------------------------------------------------------------
     def pipeline(self, ev: dict) -> None:
-        pipe, stage = label(ev, "pipeline"), label(ev, "stage")
-        status = label(ev, "status", "success")
+        pipe, stage = self._label(ev, "pipeline"), self._label(ev, "stage")
+        status = self._label(ev, "status", "success")
         records = amount(ev, "records", required=False)
         records = 1 if records is None else records
         duration = amount(ev, "duration_s", required=False)
@@ -365,14 +378,14 @@ class Mapper:
         self._error_rates_dirty.clear()
 
     def queue(self, ev: dict) -> None:
-        pipe = label(ev, "pipeline")
+        pipe = self._label(ev, "pipeline")
         for name, size in mapping_of_numbers(ev, "queues").items():
             if size < 0:
                 raise Rejected(INVALID_VALUE, f"queue {name!r} has a negative size")
-            self.batch.set(C.PIPELINE_QUEUE, (pipe, _cap(name)), size)
+            self.batch.set(C.PIPELINE_QUEUE, (pipe, self._cap(name)), size)
 
     def freshness(self, ev: dict) -> None:
-        key = (label(ev, "pipeline"), label(ev, "source"))
+        key = (self._label(ev, "pipeline"), self._label(ev, "source"))
         data_ts = timestamp(ev, "data_ts")
         if data_ts is None:
             age = number(ev, "age_s", required=False, minimum=0.0)
@@ -382,7 +395,7 @@ class Mapper:
         self.batch.set(C.PIPELINE_DATA_TS, key, data_ts)
 
     def schema_violation(self, ev: dict) -> None:
-        key = (label(ev, "pipeline"), label(ev, "violation_type"))
+        key = (self._label(ev, "pipeline"), self._label(ev, "violation_type"))
         count = amount(ev, "count", required=False)
         self.batch.inc(C.SCHEMA_VIOLATIONS, key, 1 if count is None else count)
 
@@ -402,7 +415,7 @@ class Mapper:
         if type(labels) is not dict:
             raise Rejected(WRONG_TYPE, "'labels' must be an object")
         fam = self._family(name, typ, tuple(sorted(labels)))
-        values = tuple(label(labels, n) for n in fam.labels)
+        values = tuple(self._label(labels, n) for n in fam.labels)
         self._update(fam, values, value)
 
     def _family(self, name: str, typ: str, label_names: tuple[str, ...], help_text: str = "",
@@ -456,7 +469,7 @@ class Mapper:
                 matched = True
                 for out in m.metrics:
                     fam = self._family(out.name, out.type, out.label_names, out.help, out.buckets)
-                    self._update(fam, out.label_values(ev), out.value(ev))
+                    self._update(fam, out.label_values(ev, self.label_length), out.value(ev))
         if not matched and kind not in self.handlers:
             raise Rejected(UNKNOWN_KIND, f"no mapping matches this {kind[:60]!r} event")
         return kind
@@ -474,9 +487,3 @@ def _observe_all(batch: Batch, family: Family, labels: tuple[str, ...], values: 
         h[-1] += fsum(values)
     except OverflowError:  # not reachable with values <= MAX_AMOUNT; saturate rather than raise
         h[-1] = 1.7976931348623157e308
-
-
-def _cap(v: str) -> str:
-    if type(v) is not str:
-        raise Rejected(WRONG_TYPE, "names must be strings")
-    return v[:events.MAX_LABEL_LENGTH]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .events import MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
+from .events import DEFAULT_LABEL_LENGTH, MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -51,14 +51,14 @@ class MetricSpec:
     def label_names(self) -> tuple[str, ...]:
         return tuple(sorted(n for n, _ in self.labels))
 
-    def label_values(self, ev: dict) -> tuple[str, ...]:
+    def label_values(self, ev: dict, limit: int = DEFAULT_LABEL_LENGTH) -> tuple[str, ...]:
         values = {}
         for n, path in self.labels:
             field = ".".join(path)
             v = _lookup(ev, path)
             if v is None:
                 _missing(field)
-            values[n] = label({field: v}, field)
+            values[n] = label({field: v}, field, limit=limit)
         return tuple(values[n] for n in self.label_names)
 
     def value(self, ev: dict) -> float:

@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
+from ..events import DEFAULT_LABEL_LENGTH
 
 NAN = float("nan")
 
@@ -116,7 +117,8 @@ class FeatureCorrelation:
             return col[start:start + count]
         return col[start:] + col[:head]
 
-    def set_gauges(self, batch, labels: tuple[str, str], min_samples: int) -> None:
+    def set_gauges(self, batch, labels: tuple[str, str], min_samples: int,
+                   label_length: int = DEFAULT_LABEL_LENGTH) -> None:
         if not self.dirty:
             return
         self.dirty = False
@@ -125,7 +127,7 @@ class FeatureCorrelation:
         for ai, i in enumerate(order):
             for j in order[ai + 1:]:
                 n, r = pearson(cols[i], cols[j])
-                batch.set(CORRELATION, labels + (self.names[i][:128], self.names[j][:128]),
+                batch.set(CORRELATION, labels + (self.names[i][:label_length], self.names[j][:label_length]),
                           r if n >= min_samples else NAN)
 
     def nbytes(self) -> int:

@@ -22,7 +22,7 @@ import logging
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, Family
-from ..events import MISSING_FIELD, WRONG_TYPE, Rejected, check_number
+from ..events import DEFAULT_LABEL_LENGTH, MISSING_FIELD, WRONG_TYPE, Rejected, check_number
 from . import reference as refmod
 from .anomaly import AnomalyTracker
 from .comparison import Comparisons
@@ -57,8 +57,10 @@ class ModelState:
 
 
 class Engine:
-    def __init__(self, settings: AnalyticsSettings, references: dict[str, dict] | None = None):
+    def __init__(self, settings: AnalyticsSettings, references: dict[str, dict] | None = None,
+                 label_length: int = DEFAULT_LABEL_LENGTH):
         self.s = settings
+        self.label_length = label_length  # limits.label_value_length: class and feature names
         self.perf_on = settings.performance.enabled
         self.drift_on = settings.drift.enabled
         self.quality_on = settings.quality.enabled
@@ -91,7 +93,8 @@ class Engine:
         self.threshold_labels = tuple(threshold_label(t) for t in r.thresholds)
         self.corr_on = settings.correlation.enabled
         self.last_correlation = float("-inf")
-        self.importance = ImportanceTracker(settings.max_features, settings.max_models, self._drop)
+        self.importance = ImportanceTracker(settings.max_features, settings.max_models, self._drop,
+                                            label_length)
         self._class_overflow = 0
 
     # --- the Mapper's interface ------------------------------------------------------
@@ -126,9 +129,9 @@ class Engine:
             if y_pred is None and score is None:
                 raise Rejected(MISSING_FIELD, "'y_true' needs 'y_pred' or 'score'")
             if y_pred is not None:
-                y_pred = class_label(y_pred, "y_pred")
+                y_pred = class_label(y_pred, "y_pred", self.label_length)
             if y_true is not None:
-                y_true = class_label(y_true, "y_true")
+                y_true = class_label(y_true, "y_true", self.label_length)
         if pid is not None:
             pid = prediction_key(pid)
         if feats is not None and type(feats) is not dict:
@@ -169,7 +172,7 @@ class Engine:
     def label(self, ev: dict) -> None:
         """A ``label`` event: the true class of an earlier prediction."""
         pid = prediction_key(ev.get("prediction_id"))
-        y_true = class_label(ev.get("y_true"), "y_true")
+        y_true = class_label(ev.get("y_true"), "y_true", self.label_length)
         self.join.label(pid, y_true, self.now)
 
     def tick(self, batch, now: float) -> None:
@@ -186,7 +189,7 @@ class Engine:
                     self.dropped["too_many_classes"] = self.dropped.get("too_many_classes", 0) + over
             for name, tr in ms.features.items():
                 if tr.ring.dirty:
-                    flush_counters(batch, ms.labels + (name[:128],), tr.ring)
+                    flush_counters(batch, ms.labels + (name[:self.label_length],), tr.ring)
         for reason, n in self.dropped.items():
             d = n - self._dropped_flushed.get(reason, 0)
             if d:
@@ -294,12 +297,12 @@ class Engine:
             if ms.roc is not None:
                 ms.roc.set_gauges(batch, labels, self.thresholds, self.threshold_labels, roc.min_samples)
             if ms.corr is not None and corr_due:
-                ms.corr.set_gauges(batch, labels, corr_min)
+                ms.corr.set_gauges(batch, labels, corr_min, self.label_length)
             if not ms.features:
                 continue
             quality_dirty = False
             for name, tr in ms.features.items():
-                flabels = labels + (name[:128],)
+                flabels = labels + (name[:self.label_length],)
                 ring = tr.ring
                 if ring.dirty and self.quality_on:
                     ring.dirty = False
@@ -353,10 +356,13 @@ def load_references(settings: AnalyticsSettings) -> dict[str, dict]:
     return out
 
 
-def build(settings: AnalyticsSettings | None = None) -> Engine | None:
-    """The engine for these settings (the defaults when None); None when all is switched off."""
+def build(settings: AnalyticsSettings | None = None,
+          label_value_length: int = DEFAULT_LABEL_LENGTH) -> Engine | None:
+    """The engine for these settings (the defaults when None); None when all is switched off.
+    ``label_value_length`` is limits.label_value_length (class and feature names are cut to it)."""
     if settings is None:
         settings = AnalyticsSettings()
     if not settings.anything:
         return None
-    return Engine(settings, load_references(settings) if settings.drift.enabled else None)
+    return Engine(settings, load_references(settings) if settings.drift.enabled else None,
+                  label_value_length)

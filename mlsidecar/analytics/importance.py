@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
-from ..events import INVALID_VALUE, WRONG_TYPE, Rejected, label, mapping_of_numbers
+from ..events import DEFAULT_LABEL_LENGTH, INVALID_VALUE, WRONG_TYPE, Rejected, label, mapping_of_numbers
 
 IMPORTANCE = C.register(Family(
     "ml_feature_importance", GAUGE,
@@ -26,7 +26,8 @@ IMPORTANCE = C.register(Family(
 class ImportanceTracker:
     """Validates ``feature_importance`` events; the values reach the batch on the next tick."""
 
-    def __init__(self, max_features: int, max_models: int, drop):
+    def __init__(self, max_features: int, max_models: int, drop, label_length: int = DEFAULT_LABEL_LENGTH):
+        self.label_length = label_length  # limits.label_value_length
         self.max_features = max_features
         self.max_models = max_models
         self.drop = drop
@@ -40,8 +41,8 @@ class ImportanceTracker:
             self.pending = {}
 
     def event(self, ev: dict) -> None:
-        model = label(ev, "model")
-        version = label(ev, "version", "unknown")
+        model = label(ev, "model", limit=self.label_length)
+        version = label(ev, "version", "unknown", self.label_length)
         values = mapping_of_numbers(ev, "importances")
         if not values:
             raise Rejected(INVALID_VALUE, "'importances' must name at least one feature")
@@ -55,7 +56,7 @@ class ImportanceTracker:
                 return
             known = self.features[(model, version)] = set()
         for name, v in values.items():
-            name = name[:128]
+            name = name[:self.label_length]
             if name not in known:
                 if len(known) >= self.max_features:
                     self.drop("too_many_features")

@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, HOUR, Family
-from ..events import MISSING_FIELD, WRONG_TYPE, Rejected
+from ..events import DEFAULT_LABEL_LENGTH, MISSING_FIELD, WRONG_TYPE, Rejected
 from .scores import scores_from_counts
 
 OTHER_CLASS = "__other__"
@@ -70,11 +70,12 @@ LABEL_PENDING = C.register(Family(
 _TYPES_OK = (str, int, bool)
 
 
-def class_label(v, name: str) -> str:
-    """A class label as the string the counters and scores use (1 and "1" are the same class)."""
+def class_label(v, name: str, limit: int = DEFAULT_LABEL_LENGTH) -> str:
+    """A class label as the string the counters and scores use (1 and "1" are the same class),
+    cut to ``limit`` characters (limits.label_value_length)."""
     t = type(v)
     if t is str:
-        return v[:128]
+        return v[:limit]
     if t is bool:
         return "true" if v else "false"
     if t is int:

@@ -108,11 +108,12 @@ class StateHealth:
 
 
 def make_mapper(cfg: Config, batch: Batch) -> Mapper:
-    events.MAX_LABEL_LENGTH = cfg.limits.label_value_length
     from ..analytics import engine
 
-    analytics = engine.build(cfg.analytics)  # None settings: the defaults
+    length = cfg.limits.label_value_length
+    analytics = engine.build(cfg.analytics, length)  # None settings: the defaults
     return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
+                  label_value_length=length,
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
                   error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
                   max_user_metrics=cfg.limits.max_user_metrics,
