@@ -223,8 +223,8 @@ def _watch_demo_workload(cfg: configmod.Config, pid_file: str) -> configmod.Conf
 def cmd_run(args: argparse.Namespace, demo_path: str | None = None,
             demo_pid_file: str | None = None, on_bound=None) -> int:
     from . import logs
-    from .runtime.supervisor import Supervisor
     from .listen import bind  # not .server: the supervisor must not import aiohttp (every worker would)
+    from .runtime.supervisor import Supervisor
 
     flags = _flags(args)
     try:

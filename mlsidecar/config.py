@@ -148,7 +148,7 @@ class Section:
             raise self.error(name, f"must be > 0, got {v}")
         return v
 
-    def table(self, name: str) -> "Section":
+    def table(self, name: str) -> Section:
         self.used.add(name)
         return Section(self.source, self.key(name), self.data.get(name, {}))
 

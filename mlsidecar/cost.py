@@ -36,8 +36,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from . import catalogue as C
 from .catalogue import COUNTER, GAUGE, Family
@@ -117,7 +118,7 @@ class CostSettings:
             return "on_demand"
         return found
 
-    def prices(self, environ: Mapping[str, str] = os.environ) -> "Prices":
+    def prices(self, environ: Mapping[str, str] = os.environ) -> Prices:
         capacity = self.resolved_capacity(environ)
         factor = self.spot_factor if capacity == "spot" else 1.0
         return Prices(capacity, {k: v * factor for k, v in self.gpu_hour}, self.default_gpu_hour * factor,
@@ -218,7 +219,7 @@ class Usage:
                 "memory_bytes": self.memory_bytes}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Usage":
+    def from_json(cls, d: dict) -> Usage:
         gpus = d.get("gpus")
         return cls(None if gpus is None else tuple(GpuShare(str(a), str(b), str(c), float(s)) for a, b, c, s in gpus),
                    d.get("cpu_seconds"), d.get("memory_bytes"))

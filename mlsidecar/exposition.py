@@ -162,7 +162,7 @@ class _Family:
 class _FileView:
     """One *.db file: an mmap, the keys parsed so far, and where their values are."""
 
-    def __init__(self, path: str, reader: "MetricsReader"):
+    def __init__(self, path: str, reader: MetricsReader):
         self.path = path
         parts = os.path.basename(path)[:-3].split("_")
         self.type = parts[0]

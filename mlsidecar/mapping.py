@@ -15,22 +15,40 @@ import time
 import traceback
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from math import fsum
-from collections.abc import Callable
 
 from . import catalogue as C
 from . import events
-from .catalogue import Family
-from .events import (BAD_NAME, INVALID_VALUE, LABEL_MISMATCH, MAX_AMOUNT, MISSING_FIELD,
-                     MISSING_KIND, NAME_CLASH, TOO_MANY_METRICS, UNKNOWN_KIND, WRONG_TYPE,
-                     Rejected, amount, check_number, label, loss_value, losses_field,
-                     mapping_of_numbers, number, timestamp)
-from .exemplars import check_trace_id
-from .logs import RateLimitedLog
-from .runs import STATUSES as RUN_STATUSES, TrainingRuns
 from .analytics.scores import classification_scores
 from .analytics.window import SlidingRatio
+from .catalogue import Family
+from .events import (
+    BAD_NAME,
+    INVALID_VALUE,
+    LABEL_MISMATCH,
+    MAX_AMOUNT,
+    MISSING_FIELD,
+    MISSING_KIND,
+    NAME_CLASH,
+    TOO_MANY_METRICS,
+    UNKNOWN_KIND,
+    WRONG_TYPE,
+    Rejected,
+    amount,
+    check_number,
+    label,
+    loss_value,
+    losses_field,
+    mapping_of_numbers,
+    number,
+    timestamp,
+)
+from .exemplars import check_trace_id
+from .logs import RateLimitedLog
+from .runs import STATUSES as RUN_STATUSES
+from .runs import TrainingRuns
 from .store import Batch
 
 PREDICTIONS, LATENCY, CONFIDENCE = C.PREDICTIONS, C.PREDICTION_LATENCY, C.PREDICTION_CONFIDENCE

@@ -21,15 +21,14 @@ import time
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, negotiate
 from . import catalogue as C
-from . import negotiate
 from .config import Config
+from .exemplars import ExemplarReader
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, MetricsReader
 from .listen import bind  # noqa: F401 - where it used to live
 from .logs import RateLimitedLog
 from .runtime.state import StateDir
-from .exemplars import ExemplarReader
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger("mlsidecar.server")
@@ -73,7 +72,7 @@ class Server:
     # Scrapes that arrive while a render of the same format is running wait for
     # that render and share its bytes (and its gzip), so 200 concurrent scrapes
     # cost one render, not 200 queued one after another.
-    def _render(self, openmetrics: bool) -> "_Rendered":
+    def _render(self, openmetrics: bool) -> _Rendered:
         t0 = time.perf_counter()
         self.renders += 1
         body = self.reader.render(openmetrics, self.own_families()).encode()
@@ -173,12 +172,13 @@ class Server:
                     f"<tr><td>{html.escape(identity)}</td><td><i>{html.escape(st.get('role', ''))} total</i></td>"
                     f"<td>{st['accepted']} accepted, {st.get('rejected', 0)} rejected</td><td></td>"
                     f"<td>{html.escape(st.get('error') or 'up')}</td></tr>")
+        path = html.escape(self.cfg.server.telemetry_path)
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mlsidecar</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head>
 <body><h1>mlsidecar {html.escape(__version__)}</h1>
 <p>{'Ready' if ready else 'Not ready: ' + html.escape('; '.join(problems))}.
 Last scrape took {self.last_scrape_seconds * 1000:.1f} ms for {self.reader.series} series.</p>
-<p><a href="{html.escape(self.cfg.server.telemetry_path)}">{html.escape(self.cfg.server.telemetry_path)}</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
+<p><a href="{path}">{path}</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
 <table><tr><th>worker</th><th>source</th><th>lines read</th><th>bytes behind</th><th>state</th></tr>
 {''.join(rows)}</table></body></html>"""
         return web.Response(text=page, content_type="text/html")
@@ -252,7 +252,7 @@ _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRe
 class _Counted(asyncio.Protocol):
     """aiohttp's protocol for one connection, counted by :class:`Acceptor` until it closes."""
 
-    def __init__(self, inner: asyncio.Protocol, acceptor: "Acceptor"):
+    def __init__(self, inner: asyncio.Protocol, acceptor: Acceptor):
         self.inner = inner
         self.acceptor = acceptor
         self.counted = True
@@ -395,7 +395,7 @@ class Acceptor:
         extra = {"ssl_handshake_timeout": self.handshake_timeout} if self.ssl_context else {}
         try:
             await loop.connect_accepted_socket(lambda: proto, conn, ssl=self.ssl_context, **extra)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError):
             proto.release()  # a failed or timed-out TLS handshake
             conn.close()
 

@@ -88,7 +88,7 @@ class Sidecar:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True) -> "Sidecar":
+    def start(self, wait_ready: bool = True) -> Sidecar:
         cmd = [sys.executable, "-m", "mlsidecar", "run", "--listen", f"127.0.0.1:{self.port}",
                "--state-dir", self.state_dir, *self.args]
         if self.config:
@@ -143,7 +143,7 @@ class Sidecar:
             wait_for(check, timeout, what=f"{name}{labels} == {expected}")
         except AssertionError:
             got = total(box.get("s", {}), name, **labels)
-            raise AssertionError(f"{name}{labels}: expected {expected}, got {got}; log: {self.log()}")
+            raise AssertionError(f"{name}{labels}: expected {expected}, got {got}; log: {self.log()}") from None
         return box["s"]
 
     def log(self) -> str:

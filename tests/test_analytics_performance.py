@@ -9,8 +9,16 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 
 from mlsidecar import catalogue as C
 from mlsidecar.analytics import engine
-from mlsidecar.analytics.performance import (CORRECT, FALSE_NEG, FALSE_POS, LABEL_JOINS, LABELLED,
-                                             TRUE_POS, LabelJoin, LiveWindow)
+from mlsidecar.analytics.performance import (
+    CORRECT,
+    FALSE_NEG,
+    FALSE_POS,
+    LABEL_JOINS,
+    LABELLED,
+    TRUE_POS,
+    LabelJoin,
+    LiveWindow,
+)
 from mlsidecar.analytics.settings import AnalyticsSettings, PerformanceSettings
 from mlsidecar.events import Rejected
 from mlsidecar.store import Batch
@@ -143,9 +151,14 @@ def test_plain_prediction_returns_at_once_and_nothing_configured_gives_none():
     e = engine.build()
     e.on_prediction({"event": "prediction", "model": "m", "latency_s": 0.1}, "m", "v", 0.0)
     assert not e.models
-    from mlsidecar.analytics.settings import (AnomalySettings, ComparisonSettings,
-                                              CorrelationSettings, DriftSettings, QualitySettings,
-                                              RocSettings)
+    from mlsidecar.analytics.settings import (
+        AnomalySettings,
+        ComparisonSettings,
+        CorrelationSettings,
+        DriftSettings,
+        QualitySettings,
+        RocSettings,
+    )
     off = AnalyticsSettings(performance=PerformanceSettings(enabled=False),
                             drift=DriftSettings(enabled=False), quality=QualitySettings(enabled=False),
                             anomaly=AnomalySettings(enabled=False),

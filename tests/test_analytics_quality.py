@@ -7,7 +7,7 @@ import pytest
 
 from mlsidecar import catalogue as C
 from mlsidecar.analytics import engine
-from mlsidecar.analytics.anomaly import AnomalyTracker, SIGNALS, VALUE, SCORE, histogram_quantile, robust_z
+from mlsidecar.analytics.anomaly import SCORE, SIGNALS, VALUE, AnomalyTracker, histogram_quantile, robust_z
 from mlsidecar.analytics.quality import CHECKS, ISSUES, RATE, QualityRing
 from mlsidecar.analytics.settings import AnalyticsSettings, FeatureSpec, ModelSpec
 from mlsidecar.config import ConfigError, from_dict

@@ -27,7 +27,7 @@ def test_stream_mode_never_blocks_and_never_sends_half_a_line(tmp_path):
     while True:
         try:
             chunk = conn.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             break
@@ -69,7 +69,7 @@ def test_stream_mode_reconnects_after_the_sidecar_restarts(tmp_path):
         server.settimeout(0.1)
         try:
             conn2, _ = server.accept()
-        except socket.timeout:
+        except TimeoutError:
             return None
         conn2.settimeout(2)
         return conn2.recv(1000)

@@ -30,8 +30,8 @@ UUID1 = "GPU-66666666-7777-8888-9999-000000000000"
 
 
 def settings(**kw) -> cost.CostSettings:
-    base = dict(currency="EUR", gpu_hour=((H200, 4.0),), cpu_core_hour=0.05, memory_gib_hour=0.01,
-                capacity="on_demand")
+    base = {"currency": "EUR", "gpu_hour": ((H200, 4.0),), "cpu_core_hour": 0.05, "memory_gib_hour": 0.01,
+            "capacity": "on_demand"}
     base.update(kw)
     return cost.CostSettings(**base)
 
@@ -221,8 +221,8 @@ def test_cost_table_parses_and_errors_name_the_key():
 
 
 def test_example_config_documents_the_cost_table():
-    from pathlib import Path
     import tomllib
+    from pathlib import Path
 
     raw = tomllib.loads((Path(__file__).resolve().parent.parent / "config.example.toml").read_text())
     for key in ("currency", "gpu_hour", "default_gpu_hour", "cpu_core_hour", "memory_gib_hour", "capacity",

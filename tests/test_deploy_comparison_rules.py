@@ -41,8 +41,8 @@ def test_unit_tests_pass_with_a_firing_and_a_silent_case():
 
 
 MUTATIONS = {
-    "no p-value condition": (r"          and on \(namespace, model_name, baseline_version, candidate_version, metric\)\n"
-                             r"          \(\n(?:.*\n){3}          \)\n", ""),
+    "no p-value condition": (r"          and on \(namespace, model_name, baseline_version, candidate_version, "
+                             r"metric\)\n          \(\n(?:.*\n){3}          \)\n", ""),
     "no sample condition": (r"          and on \(namespace, model_name, candidate_version\)\n(?:.*\n){4}", ""),
     "no margin": (r"expr: vector\(0\.02\)", "expr: vector(0)"),
     "p-value of the best replica": (r"max by \(namespace, model_name, baseline_version, candidate_version, metric\)",

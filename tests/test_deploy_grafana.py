@@ -134,7 +134,7 @@ def test_panels_use_current_types_and_the_datasource_variable():
             ids.append(p["id"])
             assert p["type"] in PANEL_TYPES, f"{name}: {p['title']} is a {p['type']} panel"
             g = p["gridPos"]
-            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{name}: {p['title']} overflows the grid"
+            assert g["x"] >= 0 and g["x"] + g["w"] <= 24, f"{name}: {p['title']} overflows the grid"
             if p["type"] == "row":
                 continue
             assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -156,7 +156,8 @@ def test_variables_only_used_as_regex_matchers():
 # query must contain). docs/deployment.md has the same table for users.
 SPEC_PANELS = [
     ("ml-model-performance.json", "Model Accuracy Over Time", "stat", "ml_model_accuracy_score{"),
-    ("ml-model-performance.json", "Prediction Latency Distribution", "heatmap", "ml_prediction_latency_seconds_bucket{"),
+    ("ml-model-performance.json", "Prediction Latency Distribution", "heatmap",
+     "ml_prediction_latency_seconds_bucket{"),
     ("ml-model-performance.json", "Predictions per Second", "timeseries", "rate(ml_predictions_total{"),
     ("ml-model-performance.json", "Feature Drift Detection", "table", "ml_feature_drift_score{"),
     ("ml-training.json", "Training Loss", "timeseries", "ml_training_loss{"),
@@ -182,7 +183,8 @@ def test_the_specification_panels_are_all_there():
     panels = {(dash, p["title"]): p for dash in d for p in d[dash]["panels"]}
     drift = panels["ml-model-performance.json", "Feature Drift Detection"]
     assert [s["value"] for s in drift["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.3, 0.7]
-    assert drift["transformations"][-1]["options"]["renameByName"] == {"feature_name": "Feature", "Value": "Drift Score"}
+    renamed = drift["transformations"][-1]["options"]["renameByName"]
+    assert renamed == {"feature_name": "Feature", "Value": "Drift Score"}
     acc = panels["ml-model-performance.json", "Model Accuracy Over Time"]["fieldConfig"]["defaults"]
     assert [s["value"] for s in acc["thresholds"]["steps"]] == [None, 0.8, 0.9] and acc["unit"] == "percentunit"
     err = panels["ml-data-pipeline.json", "Error Rate"]["fieldConfig"]["defaults"]
@@ -263,7 +265,8 @@ def test_legends_only_name_labels_the_series_have():
 
 
 def test_legend_check_can_fail():
-    assert "directory" not in result_labels('increase(mlsidecar_multiproc_files_skipped_total{instance=~"$instance"}[1m])')
+    skipped = 'increase(mlsidecar_multiproc_files_skipped_total{instance=~"$instance"}[1m])'
+    assert "directory" not in result_labels(skipped)
     assert {"pid", "process_name"} <= result_labels('ml_gpu_process_memory_used_bytes{gpu=~"$gpu"}')
 
 

@@ -355,7 +355,8 @@ OLD_RULES = {
         "(1 - (node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)) > 0.9"),
     "the specification's storage rule (node_exporter only)": (
         "alert", "StorageSpaceRunningOut",
-        "(node_filesystem_avail_bytes{mountpoint=~\"/data.*\"} / node_filesystem_size_bytes{mountpoint=~\"/data.*\"}) < 0.1"),
+        "(node_filesystem_avail_bytes{mountpoint=~\"/data.*\"}"
+        " / node_filesystem_size_bytes{mountpoint=~\"/data.*\"}) < 0.1"),
     "the specification's GPU temperature (one exporter)": (
         "alert", "GPUTemperatureHigh", "nvidia_gpu_temperature_celsius > 85"),
     "the specification's GPU utilisation (workload readings only)": (
@@ -381,10 +382,13 @@ OLD_RULES = {
         "0 * namespace_model_dataset:ml_model_accuracy_score:min + 0.85"),
     "defect 3: a slope test without tolerance": (
         "record", "namespace_model_dataset:ml_model_degradation:severity",
-        "(namespace_model_dataset:ml_model_accuracy_score:min < bool namespace_model_dataset:ml_model_accuracy_score:lower_bound_1d)"
+        "(namespace_model_dataset:ml_model_accuracy_score:min"
+        " < bool namespace_model_dataset:ml_model_accuracy_score:lower_bound_1d)"
         " + ((deriv(namespace_model_dataset:ml_model_accuracy_score:min[1h]) < bool 0)"
-        " * (namespace_model_dataset:ml_model_accuracy_score:predict_24h < bool namespace_model_dataset:ml_model_accuracy_floor))"
-        " + (namespace_model_dataset:ml_model_accuracy_score:min < bool namespace_model_dataset:ml_model_accuracy_floor)"),
+        " * (namespace_model_dataset:ml_model_accuracy_score:predict_24h"
+        " < bool namespace_model_dataset:ml_model_accuracy_floor))"
+        " + (namespace_model_dataset:ml_model_accuracy_score:min"
+        " < bool namespace_model_dataset:ml_model_accuracy_floor)"),
     "defect 7: an unclamped 24h prediction from a few minutes of history": (
         "record", "namespace_model_dataset:ml_model_accuracy_score:predict_24h",
         "predict_linear(namespace_model_dataset:ml_model_accuracy_score:min[6h], 86400)"),

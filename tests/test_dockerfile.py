@@ -91,7 +91,7 @@ def test_multi_stage_slim_non_root_exec_form():
     assert all(s[0][1].split()[0] in ("${PYTHON_IMAGE}", "python:3.12-slim") for s in st)
     arg = next(a for i, a in instructions() if i == "ARG" and a.startswith("PYTHON_IMAGE="))
     assert arg == "PYTHON_IMAGE=python:3.12-slim"
-    final = dict((i, a) for i, a in st[-1])  # last of each instruction in the runtime stage
+    final = dict(st[-1])  # last of each instruction in the runtime stage
     runtime = st[-1]
 
     # Non-root with a fixed numeric UID.
@@ -166,7 +166,7 @@ def test_lock_pins_every_dependency_within_pyproject():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} not pinned in {LOCK.name}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} outside {dep}"
-    assert EXTRA_RUNTIME <= set(pins)
+    assert set(pins) >= EXTRA_RUNTIME
 
 
 def test_lock_is_closed_under_requirements():

@@ -36,7 +36,7 @@ def recv_all(sock: socket.socket, until, timeout: float = 20.0) -> list[str]:
         sock.settimeout(left)
         try:
             msgs.append(sock.recv(4096).decode())
-        except socket.timeout:
+        except TimeoutError:
             continue
     return msgs
 

@@ -2,8 +2,8 @@
 
 import asyncio
 import base64
-import os
 import http.client
+import os
 import signal
 import ssl
 import subprocess

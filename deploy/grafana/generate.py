@@ -122,7 +122,7 @@ def table(title, queries, unit="short", desc="", th=None, hide=("Time",), rename
     for i, q in enumerate(queries):
         expr, legend = (q, "") if isinstance(q, str) else q
         targets.append(target(expr, legend, chr(ord("A") + i), instant=True, fmt="table"))
-    transformations = [{"id": "organize", "options": {"excludeByName": {h: True for h in hide},
+    transformations = [{"id": "organize", "options": {"excludeByName": dict.fromkeys(hide, True),
                                                        "renameByName": dict(rename or {})}}]
     if len(targets) > 1:
         transformations.insert(0, {"id": "merge", "options": {}})
@@ -507,7 +507,7 @@ def pipeline_dashboard():
 
 def gpu_host_dashboard():
     G = 'instance=~"$instance", gpu=~"$gpu"'
-    I = 'instance=~"$instance"'
+    INST = 'instance=~"$instance"'
     d = Dashboard("mlsidecar-gpu-host", "GPU & host",
                   "NVML readings per GPU, the workload's processes and the host, from mlsidecar's "
                   "collectors.",
@@ -551,7 +551,8 @@ def gpu_host_dashboard():
                      [(f"ml_gpu_pcie_tx_bytes_per_second{{{G}}}", "tx {{instance}} GPU {{gpu}}"),
                       (f"ml_gpu_pcie_rx_bytes_per_second{{{G}}}", "rx {{instance}} GPU {{gpu}}")], "Bps"), 8)
     d.add(timeseries("ECC and XID errors",
-                     [(f"sum by (instance, gpu, error_type) (increase(ml_gpu_ecc_errors_total{{{G}}}[$__rate_interval]))",
+                     [("sum by (instance, gpu, error_type) "
+                       f"(increase(ml_gpu_ecc_errors_total{{{G}}}[$__rate_interval]))",
                        "ECC {{error_type}} {{instance}} GPU {{gpu}}"),
                       (f"sum by (instance, gpu, xid) (increase(ml_gpu_xid_errors_total{{{G}}}[$__rate_interval]))",
                        "XID {{xid}} {{instance}} GPU {{gpu}}")], "short"), 8)
@@ -559,29 +560,30 @@ def gpu_host_dashboard():
                 [(f"ml_gpu_retired_pages{{{G}}}", ""), (f"ml_gpu_remapped_rows{{{G}}}", "")],
                 hide=("Time", "__name__")), 8)
     d.row("Workload processes")
-    d.add(timeseries("Process CPU", [(f"sum by (instance, mode) (rate(ml_process_cpu_seconds_total{{{I}}}[$__rate_interval]))",
-                                      "{{instance}} {{mode}}")], "percentunit", stack=True), 6)
+    d.add(timeseries("Process CPU",
+                     [(f"sum by (instance, mode) (rate(ml_process_cpu_seconds_total{{{INST}}}[$__rate_interval]))",
+                       "{{instance}} {{mode}}")], "percentunit", stack=True), 6)
     d.add(timeseries("Process resident memory",
-                     [(f"ml_process_resident_memory_bytes{{{I}}}", "{{instance}}")], "bytes"), 6)
+                     [(f"ml_process_resident_memory_bytes{{{INST}}}", "{{instance}}")], "bytes"), 6)
     d.add(timeseries("Open file descriptors",
-                     [(f"ml_process_open_fds{{{I}}}", "open {{instance}}"),
-                      (f"ml_process_max_fds{{{I}}}", "max {{instance}}")], "short"), 6)
-    d.add(timeseries("Processes watched", [(f"ml_process_processes{{{I}}}", "{{instance}}")], "short"), 6)
+                     [(f"ml_process_open_fds{{{INST}}}", "open {{instance}}"),
+                      (f"ml_process_max_fds{{{INST}}}", "max {{instance}}")], "short"), 6)
+    d.add(timeseries("Processes watched", [(f"ml_process_processes{{{INST}}}", "{{instance}}")], "short"), 6)
     d.row("Host")
-    d.add(timeseries("Host CPU", [(f"ml_host_cpu_utilization_ratio{{{I}}}", "{{instance}}")],
+    d.add(timeseries("Host CPU", [(f"ml_host_cpu_utilization_ratio{{{INST}}}", "{{instance}}")],
                      "percentunit", min_=0, max_=1), 8)
     d.add(timeseries("Host memory",
-                     [(f"ml_host_memory_total_bytes{{{I}}} - ml_host_memory_available_bytes{{{I}}}",
+                     [(f"ml_host_memory_total_bytes{{{INST}}} - ml_host_memory_available_bytes{{{INST}}}",
                        "used {{instance}}"),
-                      (f"ml_host_memory_total_bytes{{{I}}}", "total {{instance}}")], "bytes"), 8)
+                      (f"ml_host_memory_total_bytes{{{INST}}}", "total {{instance}}")], "bytes"), 8)
     d.add(table("Filesystems (share available)",
-                [(f"ml_host_filesystem_avail_bytes{{{I}}} / ml_host_filesystem_size_bytes{{{I}}}", "")],
+                [(f"ml_host_filesystem_avail_bytes{{{INST}}} / ml_host_filesystem_size_bytes{{{INST}}}", "")],
                 "percentunit", th=thresholds((None, "red"), (0.1, "yellow"), (0.2, "green"))), 8)
     return d
 
 
 def sidecar_dashboard():
-    I = 'instance=~"$instance"'
+    INST = 'instance=~"$instance"'
     d = Dashboard("mlsidecar-health", "mlsidecar health",
                   "The sidecar's own health: scrapes, events read and rejected, backlog, workers, "
                   "collectors.",
@@ -589,53 +591,54 @@ def sidecar_dashboard():
     d.row("Overview")
     # Sidecars are the targets that export mlsidecar_build_info, whatever their job is called
     # (prometheus-operator names a PodMonitor's job "<namespace>/<name>").
-    d.add(stat("Targets up", f'sum(up{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}})', "none",
+    d.add(stat("Targets up", f'sum(up{{{INST}}} and on (job, instance) mlsidecar_build_info{{{INST}}})', "none",
                th=thresholds((None, "red"), (1, "green"))), 6, 4)
-    d.add(stat("Events / s", f"sum(rate(mlsidecar_events_total{{{I}}}[$__rate_interval]))", "short"), 6, 4)
+    d.add(stat("Events / s", f"sum(rate(mlsidecar_events_total{{{INST}}}[$__rate_interval]))", "short"), 6, 4)
     d.add(stat("Rejected / s",
-               f"sum(rate(mlsidecar_events_rejected_total{{{I}}}[$__rate_interval])) or vector(0)", "short",
+               f"sum(rate(mlsidecar_events_rejected_total{{{INST}}}[$__rate_interval])) or vector(0)", "short",
                th=thresholds((None, "green"), (0.01, "yellow"), (1, "red")),
                desc="Events rejected per second (every reason starts at 0)."), 6, 4)
-    d.add(stat("Bytes behind", f"max(mlsidecar_source_bytes_behind{{{I}}}) or vector(0)", "bytes",
+    d.add(stat("Bytes behind", f"max(mlsidecar_source_bytes_behind{{{INST}}}) or vector(0)", "bytes",
                th=thresholds((None, "green"), (1e6, "yellow"), (50e6, "red"))), 6, 4)
     d.row("Sources")
     d.add(timeseries("Events / s by kind",
-                     [(f"sum by (instance, kind) (rate(mlsidecar_events_total{{{I}}}[$__rate_interval]))",
+                     [(f"sum by (instance, kind) (rate(mlsidecar_events_total{{{INST}}}[$__rate_interval]))",
                        "{{instance}} {{kind}}")], "short", stack=True), 8)
     d.add(timeseries("Rejected / s by reason",
-                     [(f"sum by (instance, reason) (rate(mlsidecar_events_rejected_total{{{I}}}[$__rate_interval]))",
+                     [(f"sum by (instance, reason) (rate(mlsidecar_events_rejected_total{{{INST}}}[$__rate_interval]))",
                        "{{instance}} {{reason}}")], "short"), 8)
     d.add(timeseries("Dropped / s by reason (socket sources)",
-                     [(f"sum by (instance, reason) (rate(mlsidecar_events_dropped_total{{{I}}}[$__rate_interval]))",
+                     [(f"sum by (instance, reason) (rate(mlsidecar_events_dropped_total{{{INST}}}[$__rate_interval]))",
                        "{{instance}} {{reason}}")], "short"), 8)
     d.add(timeseries("Bytes read / s",
-                     [(f"rate(mlsidecar_source_bytes_read_total{{{I}}}[$__rate_interval])",
+                     [(f"rate(mlsidecar_source_bytes_read_total{{{INST}}}[$__rate_interval])",
                        "{{instance}} {{source}}")], "Bps"))
     d.add(timeseries("Bytes behind (tailed files)",
-                     [(f"mlsidecar_source_bytes_behind{{{I}}}", "{{instance}} {{source}}")], "bytes"))
+                     [(f"mlsidecar_source_bytes_behind{{{INST}}}", "{{instance}} {{source}}")], "bytes"))
     d.row("Workers and collectors")
-    d.add(table("Workers", [(f"mlsidecar_worker_up{{{I}}}", "")], "none",
+    d.add(table("Workers", [(f"mlsidecar_worker_up{{{INST}}}", "")], "none",
                 th=thresholds((None, "red"), (1, "green")), hide=("Time", "__name__")), 8)
     d.add(timeseries("Worker restarts",
-                     [(f"increase(mlsidecar_worker_restarts_total{{{I}}}[$__rate_interval])",
+                     [(f"increase(mlsidecar_worker_restarts_total{{{INST}}}[$__rate_interval])",
                        "{{instance}} {{worker}}")], "short"), 8)
-    d.add(table("Build", [(f"mlsidecar_build_info{{{I}}}", "")], hide=("Time", "Value", "__name__")), 8)
-    d.add(timeseries("Collector up", [(f"mlsidecar_collector_up{{{I}}}", "{{instance}} {{collector}}")],
+    d.add(table("Build", [(f"mlsidecar_build_info{{{INST}}}", "")], hide=("Time", "Value", "__name__")), 8)
+    d.add(timeseries("Collector up", [(f"mlsidecar_collector_up{{{INST}}}", "{{instance}} {{collector}}")],
                      "none", min_=0, max_=1), 8)
     d.add(timeseries("Collector duration",
-                     [(f"mlsidecar_collector_duration_seconds{{{I}}}", "{{instance}} {{collector}}")], "s"), 8)
+                     [(f"mlsidecar_collector_duration_seconds{{{INST}}}", "{{instance}} {{collector}}")], "s"), 8)
     d.add(timeseries("Updates refused by the series limit",
-                     [(f"sum by (instance, metric) (increase(mlsidecar_series_limited_total{{{I}}}[$__rate_interval]))",
+                     [("sum by (instance, metric) "
+                       f"(increase(mlsidecar_series_limited_total{{{INST}}}[$__rate_interval]))",
                        "{{instance}} {{metric}}")], "short"), 8)
     d.row("Scrapes")
     d.add(timeseries("Scrape duration",
-                     [(f'scrape_duration_seconds{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}}',
+                     [(f'scrape_duration_seconds{{{INST}}} and on (job, instance) mlsidecar_build_info{{{INST}}}',
                        "{{instance}}")], "s"), 8)
     d.add(timeseries("Samples per scrape",
-                     [(f'scrape_samples_scraped{{{I}}} and on (job, instance) mlsidecar_build_info{{{I}}}',
+                     [(f'scrape_samples_scraped{{{INST}}} and on (job, instance) mlsidecar_build_info{{{INST}}}',
                        "{{instance}}")], "short"), 8)
     d.add(timeseries("Multiprocess files skipped",
-                     [(f"increase(mlsidecar_multiproc_files_skipped_total{{{I}}}[$__rate_interval])",
+                     [(f"increase(mlsidecar_multiproc_files_skipped_total{{{INST}}}[$__rate_interval])",
                        "{{instance}}")], "short"), 8)
     return d
 
@@ -712,8 +715,10 @@ def comparison_dashboard():
                      [(f"namespace_model:ml_prediction_error_ratio:rate5m{{{M}}}",
                        "{{model_name}} {{model_version}}")], "percentunit", min_=0), 8)
     d.add(timeseries("Mean confidence by version",
-                     [(f"sum by (model_name, model_version) (rate(ml_prediction_confidence_score_sum{{{M}}}[$__rate_interval])) "
-                       f"/ sum by (model_name, model_version) (rate(ml_prediction_confidence_score_count{{{M}}}[$__rate_interval]))",
+                     [("sum by (model_name, model_version) "
+                       f"(rate(ml_prediction_confidence_score_sum{{{M}}}[$__rate_interval])) "
+                       "/ sum by (model_name, model_version) "
+                       f"(rate(ml_prediction_confidence_score_count{{{M}}}[$__rate_interval]))",
                        "{{model_name}} {{model_version}}")], "percentunit", max_=1), 8)
     d.add(table("Samples in the comparison windows",
                 [(f"max by (model_name, model_version) (ml_model_comparison_samples{{{M}}})", ""),

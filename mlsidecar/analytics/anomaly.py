@@ -56,8 +56,10 @@ def robust_z(x: float, baseline) -> float:
         mean_ad = sum(dev) / len(dev)
         if mean_ad > 0:
             z = (x - med) / (MEAN_AD_SCALE * mean_ad)
+        elif x == med:
+            z = 0.0
         else:
-            z = 0.0 if x == med else math.copysign(CAP, x - med)
+            z = math.copysign(CAP, x - med)
     return max(-CAP, min(CAP, z))
 
 

@@ -103,7 +103,7 @@ class FeatureTracker:
     def observe(self, v) -> None:
         t = type(v)
         kind = self.kind
-        if v is None or (t is float and not (v - v == 0.0)):
+        if v is None or (t is float and v - v != 0.0):
             code = MISSING
         elif kind is None:
             if t is float or t is int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-REGISTRY: dict[str, type["Collector"]] = {}
+REGISTRY: dict[str, type[Collector]] = {}
 
 
 class CollectorUnavailable(Exception):

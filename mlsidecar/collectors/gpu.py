@@ -44,8 +44,14 @@ from ..catalogue import COUNTER, GAUGE, Family
 from ..cost import Usage, gpu_shares
 from ..logs import RateLimitedLog
 from . import Collector, CollectorSettings, CollectorUnavailable, register
-from .process import (WORKLOAD_OPTIONS, Published, SourceWriters, in_initial_pid_namespace, job_name,
-                      workload_from_options)
+from .process import (
+    WORKLOAD_OPTIONS,
+    Published,
+    SourceWriters,
+    in_initial_pid_namespace,
+    job_name,
+    workload_from_options,
+)
 
 log = logging.getLogger("mlsidecar.collectors.gpu")
 

@@ -41,7 +41,8 @@ import multiprocessing
 import os
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, Family
@@ -145,7 +146,7 @@ class RunningTotals:
     """
 
     def __init__(self, names: Iterable[str], start: dict[str, float] | None = None) -> None:
-        self.totals = {n: 0.0 for n in names}
+        self.totals = dict.fromkeys(names, 0.0)
         self.continuing = bool(start)
         if start:
             self.totals.update(start)
@@ -292,7 +293,7 @@ class Workload:
             try:
                 self.pattern = re.compile(cmdline)
             except re.error as exc:
-                raise CollectorUnavailable(f"cmdline pattern {cmdline!r} is not a valid regex: {exc}")
+                raise CollectorUnavailable(f"cmdline pattern {cmdline!r} is not a valid regex: {exc}") from None
 
     def _resolve(self, mode: str, pid_file: str, cmdline: str) -> str:
         if mode == "auto" and self.environ.get(MODE_ENV):

@@ -9,7 +9,7 @@ import json
 import re
 import subprocess
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -60,7 +60,7 @@ def test_alertmanager_inhibits_what_the_config_says(tmp_path: Path):
 
         unique = {json.dumps(a, sort_keys=True): a for a in expected_alert_labels()}
         alerts = [dict(a, test_index=str(i)) for i, a in enumerate(unique.values())]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         body = [{"labels": a, "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat()}
                 for a in alerts]
         req = urllib.request.Request(f"{url}/alerts", data=json.dumps(body).encode(), method="POST",

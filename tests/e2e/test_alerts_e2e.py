@@ -64,7 +64,8 @@ def compress(text: str, factor: int = FACTOR) -> str:
             out.append(line)
             continue
         line = re.sub(token, dur, line)
-        line = re.sub(r"(\]\s*,\s*)(\d+)(\s*\))", lambda m: f"{m.group(1)}{int(m.group(2)) // factor}{m.group(3)}", line)
+        line = re.sub(r"(\]\s*,\s*)(\d+)(\s*\))",
+                      lambda m: f"{m.group(1)}{int(m.group(2)) // factor}{m.group(3)}", line)
         out.append(line)
     return "".join(out)
 
@@ -137,7 +138,7 @@ def test_healthy_demo_raises_no_alert_then_injected_failures_and_a_killed_sideca
         # 2. the injected failures fire their alerts.
         def injected():
             firing = {a["labels"]["alertname"]: a for a in alerts(prom) if a["state"] == "firing"}
-            return INJECTED <= set(firing) and firing
+            return set(firing) >= INJECTED and firing
 
         firing = wait_for(injected, 100, 1, what=f"{sorted(INJECTED)} firing ({prom.log()})")
         assert firing["TrainingJobStalled"]["labels"]["job_name"] == "demo-train"

@@ -75,13 +75,12 @@ def open_slow(port: int, n: int) -> list:
 
 def closed_by_server(conn) -> bytes | None:
     """What the server sent before closing, or None while it keeps the connection open."""
-    import socket
     conn.settimeout(0.05)
     data = b""
     try:
         while chunk := conn.recv(4096):
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         return None
     except ConnectionResetError:
         pass
@@ -133,6 +132,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503(tmp_path, sidecar_fact
     import time
 
     import bcrypt
+
     from tests.harness import wait_for
     slow_hash = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(13)).decode()  # each check takes a while
     web = tmp_path / "web.yml"

@@ -29,8 +29,8 @@ import orjson
 
 from mlsidecar.demo import DEMO_COST_TOML, DemoWorkload
 from tests import test_deploy_grafana as grafana
-from tests.test_deploy_prometheus import without_kubernetes_sd
 from tests.harness import free_port, require_tool, wait_for
+from tests.test_deploy_prometheus import without_kubernetes_sd
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -154,7 +154,7 @@ class Prometheus:
         path.write_text(cfg)
         return path
 
-    def start(self) -> "Prometheus":
+    def start(self) -> Prometheus:
         cfg = self.write_config()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -290,8 +290,8 @@ def test_prometheus_scrapes_sidecar_dashboards_have_data_and_accuracy_alert_fire
             if pending:
                 time.sleep(1)
         assert not errors, "queries Prometheus rejected:\n" + "\n".join(f"{k}: {v}" for k, v in errors.items())
-        assert not pending, "dashboard queries without data after %ss:\n%s" % (
-            DATA_WAIT, "\n".join(f"  {d} / {t}: {e}" for d, t, e in sorted(pending)))
+        missing = "\n".join(f"  {d} / {t}: {e}" for d, t, e in sorted(pending))
+        assert not pending, f"dashboard queries without data after {DATA_WAIT}s:\n{missing}"
 
         # --- every rule evaluates without error.
         groups = prom.api("rules")["data"]["groups"]

@@ -1,5 +1,6 @@
 from tests.harness import total
 
+
 def test_user_metrics_survive_a_restart(tmp_path, sidecar_factory):
     log = tmp_path / "e.jsonl"
     log.write_bytes(b'{"event":"metric","name":"kpi_total","type":"counter","value":2,"labels":{"shop":"a"}}\n'

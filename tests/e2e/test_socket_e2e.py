@@ -108,7 +108,7 @@ def closed_by_peer(s: socket.socket) -> bool:
     s.settimeout(0.05)
     try:
         return s.recv(1) == b""
-    except socket.timeout:
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
@@ -127,7 +127,7 @@ def test_stream_connections_beyond_the_limit_are_closed_and_counted(tmp_path, si
     for c in extra:
         assert wait_for(lambda c=c: closed_by_peer(c), what="an excess connection closed")
         c.close()
-    s = sc.wait_value("mlsidecar_socket_connections_rejected_total", 3, reason="connection_limit")
+    sc.wait_value("mlsidecar_socket_connections_rejected_total", 3, reason="connection_limit")
     assert all(not closed_by_peer(c) for c in kept)  # the ones inside the limit stay open
     for c in kept:
         c.close()

@@ -37,7 +37,7 @@ def test_killed_worker_is_restarted_counted_and_loses_nothing(tmp_path, sidecar_
     assert "exited with code -9" in sc.log()
     # A worker that keeps dying backs off instead of spinning.
     for _ in range(2):
-        os.kill(wait_for(lambda: (p := worker_pid(sc, "tail")) != pid and p, what="new pid"), signal.SIGKILL)
+        os.kill(wait_for(lambda old=pid: (p := worker_pid(sc, "tail")) != old and p, what="new pid"), signal.SIGKILL)
         pid = worker_pid(sc, "tail")
         time.sleep(0.2)
     assert "restarting in 1.0s" in sc.log() or "restarting in 2.0s" in sc.log()

@@ -6,7 +6,6 @@ that span two rotations.
 """
 
 import os
-import tempfile
 
 import pytest
 
