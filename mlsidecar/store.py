@@ -161,7 +161,7 @@ class SeriesWriter:
         if journal is not None:
             # First make the files whole: the last flush may have been cut short.
             for name, key, value, ts in journal["writes"]:
-                self._file(name).write_value(key, value, ts)
+                self._file(name).write_value(key, float(value), ts)  # float("NaN"), float("+Inf")
             self.journal_state = journal.get("state")
             self.close()
         files = []
@@ -479,7 +479,10 @@ class SeriesWriter:
         if not pending and state is None:
             return 0
         if self.journal_path is not None:
-            writes = [[name, key, v, ts] for (name, key), (v, ts) in pending.items()]
+            # JSON has no NaN or infinity (orjson writes null): a gauge's non-finite value is
+            # journalled as "NaN", "+Inf" or "-Inf" (a comparison not computable yet is NaN).
+            writes = [[name, key, v if -_INF < v < _INF else _nonfinite(v), ts]
+                      for (name, key), (v, ts) in pending.items()]
             tmp = self.journal_path + ".tmp"
             try:
                 with open(tmp, "wb") as fh:
@@ -526,6 +529,14 @@ def _key(fam: Family, sample_name: str, labels: dict[str, str]) -> str:
     return json.dumps([metric_name(fam), sample_name, labels, fam.help], sort_keys=True)
 
 
+_INF = math.inf
+NONFINITE = ("NaN", "+Inf", "-Inf")
+
+
+def _nonfinite(v: float) -> str:
+    return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
+
+
 def _check_journal(journal: Any, suffix: str) -> None:
     """Raise ValueError unless ``journal`` has the shape :meth:`SeriesWriter.flush` writes."""
     if not isinstance(journal, dict) or not isinstance(journal.get("writes"), list):
@@ -533,8 +544,13 @@ def _check_journal(journal: Any, suffix: str) -> None:
     for w in journal["writes"]:
         if not (isinstance(w, list) and len(w) == 4 and isinstance(w[0], str) and isinstance(w[1], str)
                 and w[0].endswith(suffix) and "/" not in w[0]
-                and all(isinstance(x, (int, float)) and math.isfinite(x) for x in w[2:])):
+                and (_finite(w[2]) or (w[0].startswith(GAUGE + "_") and w[2] in NONFINITE))
+                and _finite(w[3])):
             raise ValueError(f"a write of the wrong shape: {str(w)[:100]}")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
     state = journal.get("state")
     if state is not None and not isinstance(state, dict):
         raise ValueError("state is not an object")
@@ -581,7 +597,9 @@ def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[tuple[st
         except ValueError as exc:
             problems.append(f"bad key {raw[:60]!r} ({type(exc).__name__})")
             continue
-        if not math.isfinite(value) or (file_type in (COUNTER, HISTOGRAM) and value < 0):
+        # A gauge may be NaN or infinite (a comparison not computable yet, a NaN loss); a counter
+        # or histogram value may not, nor be negative.
+        if file_type != GAUGE and (not math.isfinite(value) or value < 0):
             problems.append(f"impossible value {value!r} for {parsed[0]}")
             continue
         if not (ts == -1.0 or 0.0 <= ts <= now + _MAX_FUTURE):
