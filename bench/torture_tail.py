@@ -13,6 +13,8 @@ writer's structured log does. Meanwhile, at seeded random moments,
   - ``dateext``: ``create`` with dated names (``events.jsonl-20261201-101502``);
   - ``delaycompress``: ``create`` with ``compress`` + ``delaycompress`` (``.1`` stays plain,
     ``.2.gz`` and older are gzipped);
+  - ``compress``: ``create`` with ``compress`` alone (``.1.gz`` at once: a generation being read
+    when the sidecar went down is finished from the ``.gz``);
 
 * the sidecar's whole process group gets SIGKILL and is started again at once on the same
   state dir; kills come in bursts (the next one 50 ms later, during start-up or journal replay),
@@ -22,6 +24,8 @@ When the writer stops, the sidecar is left up until the count settles, then the 
 are compared with sum(ml_predictions_total):
 
 * create, dateext, delaycompress: exact (nothing lost, nothing counted twice);
+* compress: never more than written, and every line logrotate kept counted (or the loss counted
+  as a gap);
 * copytruncate: never more than written; the lines lost (written between logrotate's copy and its
   truncate) are reported, and the share must be at least ``--min-share``.
 
@@ -52,7 +56,7 @@ from bench import common  # noqa: E402
 from bench.common import Daemon, sample_sum, table  # noqa: E402
 
 LOGROTATE = shutil.which("logrotate") or "/usr/sbin/logrotate"
-MODES = ("create", "copytruncate", "dateext", "delaycompress")
+MODES = ("create", "copytruncate", "dateext", "delaycompress", "compress")
 EXACT = ("create", "dateext", "delaycompress")
 
 
@@ -121,6 +125,8 @@ def logrotate_conf(mode: str, path: str, keep: int) -> str:
             body += ["dateext", "dateformat -%Y%m%d-%H%M%S", "nocompress"]
         elif mode == "delaycompress":
             body += ["compress", "delaycompress"]
+        elif mode == "compress":
+            body += ["compress"]
         else:
             body += ["nocompress"]
     return f"{path} {{\n" + "".join(f"    {b}\n" for b in body) + "}\n"
@@ -241,10 +247,15 @@ def torture(mode: str, opts: Options, work: str, log=print) -> dict:
     on_disk = lines_on_disk(logdir)
     if mode in EXACT:
         ok = got == w.written
+    elif mode == "compress":
+        # A generation gzipped and removed at once: what the writer appends to it after that is
+        # gone. Never more than written; a loss the sidecar can see is counted as a gap.
+        ok = got <= w.written and (got >= on_disk or gaps > 0)
     else:
         # Lines written between logrotate's copy and its truncate are on disk nowhere; what
         # logrotate kept must all be counted (and some of the others, read before the truncate).
         ok = got <= w.written and got >= min(opts.min_share * w.written, on_disk)
+    ok = ok and rejected == 0  # every line written is valid: a rejected one was read torn
     return {"mode": mode, "seconds": opts.seconds, "written": w.written, "counted": got, "kills": kills,
             "bursts": bursts, "rotations": rotations, "rotations_down": rotations_down,
             "rot_errors": rot_errors, "rejected": rejected, "gaps": gaps, "ok": ok, "on_disk": on_disk, "log": d.log_path,
@@ -254,8 +265,9 @@ def torture(mode: str, opts: Options, work: str, log=print) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds in all (split over the modes)")
-    ap.add_argument("--mode", choices=("all", "both") + MODES, default="all",
-                    help="both: create and copytruncate")
+    ap.add_argument("--mode", default="all",
+                    help="all (every mode), both (create and copytruncate), or modes joined by commas: "
+                    + ", ".join(MODES))
     ap.add_argument("--rate", type=int, default=2500, help="lines per second the writer appends")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--keep", type=int, default=1000, help="logrotate 'rotate' count")
@@ -265,7 +277,9 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=60.0, help="at most this long for the final count")
     args = ap.parse_args()
 
-    modes = {"all": list(MODES), "both": ["create", "copytruncate"]}.get(args.mode, [args.mode])
+    modes = {"all": list(MODES), "both": ["create", "copytruncate"]}.get(args.mode, args.mode.split(","))
+    if not set(modes) <= set(MODES):
+        ap.error(f"--mode: unknown mode in {args.mode!r}")
     work = tempfile.mkdtemp(prefix="torture-")
     opts = Options(seconds=args.duration / len(modes), rate=args.rate, seed=args.seed, keep=args.keep,
                    kills_per_minute=args.kills_per_minute, rotate_every=(args.rotate_min, args.rotate_max),

@@ -51,12 +51,15 @@ MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking f
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+# logrotate's own side files: a backup of a rotated file it found in the way, temporaries.
+NOT_GENERATIONS = (".backup", ".tmp", ".swp")
 
 # Why part of a source could not be read (mlsidecar_source_gaps_total{reason}).
 GAP_DELETED = "deleted_unread"  # a known generation was removed before it was read to its end
 GAP_COPYTRUNCATE = "copytruncate_window"  # lines written between logrotate's copy and truncate
 GAP_TRUNCATED = "truncated_unread"  # truncated in place before its end was read, no copy found
 GAP_COMPRESSED = "compressed_unreadable"  # only a compressed copy is left, in a format not read
+GAP_COMPRESSED_SHORT = "compressed_short"  # the compressed copy holds less than the file had
 GAP_POSITIONS = "positions_lost"  # values without positions: started at the end of the files
 
 
@@ -176,6 +179,13 @@ class TailedFile:
             return False
         self.mtime = st.st_mtime
         return True
+
+    def holds_start_of(self, fd: int) -> bool:
+        """Does this open file start with the bytes ``fd`` starts with (up to HEAD_BYTES)?
+        Asked of the file itself, not of what was read from it: a copy of a file that was
+        barely read yet is still recognised."""
+        n = min(HEAD_BYTES, os.fstat(fd).st_size, os.fstat(self.fd).st_size)
+        return n > 0 and os.pread(fd, n, 0) == os.pread(self.fd, n, 0)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -367,7 +377,9 @@ class Tailer:
             if found == "resumed":
                 continue
             rotated.add(path)
-            if found == "changed":
+            if found == "changed" or not ident.offset:
+                # Nothing was read from it: nothing to verify it by, nothing to finish. If it
+                # was written and rotated away meanwhile, it is an unseen generation (below).
                 continue
             tf = None
             for _attempt in range(4):  # logrotate may rename it between the look and the open
@@ -405,10 +417,17 @@ class Tailer:
         return "changed"
 
     def _open_verified(self, ident: Identity, name: str) -> TailedFile | None:
-        """Open ``name`` at the saved position if it holds what was read; else None."""
+        """Open ``name`` at the saved position if it holds what was read; else None.
+        A compressed ``name`` (a generation read from its .gz before the stop) is read
+        decompressed, as before."""
+        compressed = name.endswith(COMPRESSED)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            physical = os.stat(name)
+            fd = self._open_sibling(name) if compressed else \
+                os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
+            return None
+        if fd is None:
             return None
         try:
             ok = ident.same_file(fd)
@@ -419,6 +438,11 @@ class Tailer:
             return None
         tf = TailedFile(ident.path, fd, os.fstat(fd), ident.offset, name)
         tf.skipping = ident.skipping
+        if compressed:
+            tf.decompressed = True
+            tf.dev, tf.ino = ident.dev, ident.ino
+            tf.physical = (physical.st_dev, physical.st_ino)
+            tf.mtime = physical.st_mtime
         return tf
 
     def _finish_from_copy(self, ident: Identity, path: str, while_down: bool = False) -> bool:
@@ -474,9 +498,9 @@ class Tailer:
             self._retire(tf, path)
             lost = ident.size - max(size, ident.offset)
             if lost > 0:
-                log.warning("%s: %d bytes written before logrotate's truncate are not in its copy "
-                            "%s: lost", path, lost, sibling)
-                self.on_gap(path, GAP_COPYTRUNCATE)
+                log.warning("%s: %d bytes seen in the file are not in its copy %s: lost", path, lost,
+                            sibling)
+                self.on_gap(path, GAP_COMPRESSED_SHORT if compressed else GAP_COPYTRUNCATE)
             if kind == "behind":
                 log.info("%s: reading the rest from logrotate's copy %s", path, sibling)
             return True
@@ -527,7 +551,7 @@ class Tailer:
         for _attempt in range(4):
             vanished = False
             known = {tf.physical for tf in self.readable()}
-            idents = [tf.identity() for tf in self.readable()] + list(saved)
+            idents = list(saved)
             for path in paths:
                 try:
                     st = os.stat(path)
@@ -584,7 +608,8 @@ class Tailer:
                     continue
             else:
                 try:
-                    copy = any(i.copy_kind(fd) for i in idents)
+                    copy = any(tf.holds_start_of(fd) for tf in self.readable()) \
+                        or any(i.copy_kind(fd) for i in idents)
                 except OSError:
                     copy = True
                 if copy:
@@ -611,7 +636,7 @@ class Tailer:
                 for entry in it:
                     name = entry.name
                     if (name.startswith(base + ".") or name.startswith(base + "-")) \
-                            and entry.is_file(follow_symlinks=False):
+                            and not name.endswith(NOT_GENERATIONS) and entry.is_file(follow_symlinks=False):
                         found.append((entry.stat(follow_symlinks=False), entry.path))
         except OSError:
             return []
@@ -706,8 +731,8 @@ class Tailer:
         # Keyed by what is read: a decompressed copy may carry the number of a reused inode.
         out = {f"{tf.physical[0]}:{tf.physical[1]}": tf.position() for tf in self.readable()}
         # Saved positions not yet resumed stay until they are.
-        for ident in self._saved:
-            out.setdefault(f"{ident.dev}:{ident.ino}:saved", {
+        for i, ident in enumerate(self._saved):  # inode numbers may repeat among them: not a key
+            out.setdefault(f"saved-{i}", {
                 "path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
                 "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
                 "skipping": ident.skipping, "draining": ident.draining, "mtime": ident.mtime})
