@@ -241,7 +241,7 @@ def _rotate(d, base: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["create", "copytruncate", "compress", "delaycompress"])
-def test_seeded_rotations_and_crashes_count_every_line_once(tmp_path, mode):
+def test_random_rotations_and_crashes_count_every_line_once(tmp_path, mode):
     """Random writes, rotations and crashes (with the positions of the last flush, or of an
     older one) in fast succession: inode numbers are reused and every file time falls within
     a second. Every line is counted exactly once (what a crash loses since the last flush is
@@ -249,9 +249,9 @@ def test_seeded_rotations_and_crashes_count_every_line_once(tmp_path, mode):
     import collections
     import random
 
-    for seed in range(4):
-        rng = random.Random(seed)
-        d = tmp_path / f"{mode}-{seed}"
+    for run in range(4):
+        rng = random.Random(run)
+        d = tmp_path / f"{mode}-{run}"
         d.mkdir()
         path = str(d / "app.jsonl")
         open(path, "wb").close()
@@ -301,5 +301,5 @@ def test_seeded_rotations_and_crashes_count_every_line_once(tmp_path, mode):
         flush()
         t.stop()
         twice = sorted(q for q, c in counted.items() if c > 1)
-        assert not twice, f"seed {seed}: {len(twice)} lines counted twice, first {twice[:5]}"
-        assert len(counted) == seq, f"seed {seed}: {seq - len(counted)} of {seq} lines lost"
+        assert not twice, f"run {run}: {len(twice)} lines counted twice, first {twice[:5]}"
+        assert len(counted) == seq, f"run {run}: {seq - len(counted)} of {seq} lines lost"

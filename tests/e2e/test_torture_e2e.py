@@ -1,6 +1,6 @@
 """Exactly once under fire: alike lines, sub-second logrotate, bursts of SIGKILL to the whole sidecar.
 
-A short, seeded run of bench/torture_tail.py (the long runs are in bench/README.md): real
+A short run (fixed random choices) of bench/torture_tail.py (the long runs are in bench/README.md): real
 logrotate, real SIGKILLs to the process group, including kills 50 ms after a restart and outages
 that span two rotations.
 """
