@@ -109,3 +109,65 @@ def test_static_labels_are_added_to_every_series(tmp_path):
     w.flush()
     s = parse(MetricsReader([str(tmp_path / "m")]).render())
     assert total(s, "ml_model_deployments_total", pod="p-1") == 1
+
+
+def test_a_refused_flush_keeps_everything_and_leaves_no_temp_file(tmp_path):
+    import os
+
+    import pytest
+
+    from mlsidecar.store import StateWriteError
+
+    journal = tmp_path / "gone" / "w.journal"  # its directory is missing: every write fails
+    w = SeriesWriter(str(tmp_path / "m"), "w", str(journal))
+    b = Batch()
+    b.inc(C.PREDICTIONS, ("m", "v", "success"), 3)
+    w.apply(b)
+    with pytest.raises(StateWriteError):
+        w.flush({"pos": 1})
+    assert w.has_pending() and not os.path.exists(str(journal) + ".tmp")
+    b.inc(C.PREDICTIONS, ("m", "v", "success"), 2)
+    w.apply(b)
+    journal.parent.mkdir()
+    w.flush({"pos": 2})
+    w.close()
+    w2 = SeriesWriter(str(tmp_path / "m"), "w", str(journal))
+    assert w2.values[(C.PREDICTIONS, ("m", "v", "success"))] == 5
+    assert w2.journal_state == {"pos": 2}
+
+
+def test_compaction_at_start_leaves_the_writer_mapped_to_the_file_on_disk(tmp_path):
+    w = writer(tmp_path)
+    b = Batch()
+    b.inc(C.PREDICTIONS, ("m", "v", "success"), 1)
+    b.inc(C.PREDICTIONS, ("m", "v", "error"), 1)
+    w.apply(b)
+    w.remove(C.PREDICTIONS, ("m", "v", "error"))  # a removed series: compacted away at start
+    w.flush({"pos": 1})
+    w.close()
+    w2 = writer(tmp_path)  # compacts while restoring
+    b.inc(C.PREDICTIONS, ("m", "v", "success"), 4)
+    w2.apply(b)
+    w2.flush({"pos": 2})
+    s = parse(MetricsReader([str(tmp_path / "m")]).render())
+    assert total(s, "ml_predictions_total") == 5
+
+
+def test_a_journal_of_the_wrong_shape_is_moved_aside_not_fatal(tmp_path):
+    import os
+
+    w = writer(tmp_path)
+    b = Batch()
+    b.inc(C.PREDICTIONS, ("m", "v", "success"), 3)
+    w.apply(b)
+    w.flush({"pos": 1})
+    w.close()
+    for bad in (b"", b"{", b"[1, 2]", b'{"writes": [["x", 1, 2, 3]]}'):
+        with open(w.journal_path, "wb") as fh:
+            fh.write(bad)
+        w2 = writer(tmp_path)
+        assert w2.journal_status == "corrupt" and w2.restored_values
+        assert [k for k, _ in w2.faults] == ["journal_corrupt"]
+        assert w2.values[(C.PREDICTIONS, ("m", "v", "success"))] == 3
+        assert not os.path.exists(w.journal_path)
+        w2.close()
