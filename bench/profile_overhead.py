@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--hz", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--sidecar-flag", action="append", default=[])
     args = ap.parse_args()
     spy = py_spy()
@@ -122,7 +123,7 @@ def main() -> int:
             for p in pids:
                 out = os.path.join(work, f"{p}.txt")
                 spies[p] = (out, subprocess.Popen(
-                    [spy, "record", "--pid", str(p), "--duration", str(int(args.duration)), "--rate", "100",
+                    [spy, "record", "--pid", str(p), "--duration", str(int(args.duration)), "--rate", str(args.hz),
                      "--nonblocking", "--format", "raw", "--output", out],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             for p, (_, proc) in spies.items():
@@ -141,7 +142,7 @@ def main() -> int:
                 if not total:
                     print(f"  no samples ({proc.stderr.read().decode()[-300:].strip()})")
                 else:
-                    print(f"{total} samples while on the CPU (of {int(args.duration * 100)} possible)\n")
+                    print(f"{total} samples while on the CPU (of {int(args.duration * args.hz)} possible)\n")
                     print(table(["own", "with callees", "function (file)"], rows))
         print("\n## Memory by mapping (kB): Pss / Private_Dirty / Shared\n")
         kinds = sorted({k for p in pids for k in memory_breakdown(p)})
