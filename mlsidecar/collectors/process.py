@@ -42,6 +42,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .. import catalogue as C
@@ -63,8 +64,9 @@ MODE_ENV = "MLSIDECAR_PROCESS_MODE"
 WRITERS_LOOK_EVERY = 30.0
 
 
-def _f(*args, **kwargs) -> Family:
-    return C.register(Family(*args, **kwargs, fed_by="process collector"))
+def _f(*args: Any, **kwargs: Any) -> Family:
+    kwargs["fed_by"] = "process collector"
+    return C.register(Family(*args, **kwargs))
 
 
 CPU_SECONDS = _f("ml_process_cpu_seconds_total", COUNTER,
@@ -175,7 +177,7 @@ class RunningTotals:
         self._first = False
 
 
-def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: set[int] = frozenset(),
+def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: AbstractSet[int] = frozenset(),
                denied: list[int] | None = None, only: Iterable[int] | None = None) -> set[int]:
     """PIDs of the processes that hold one of ``paths`` open for writing.
 
@@ -288,7 +290,7 @@ class Workload:
         self._looked_at = 0.0
         self.sidecar_root = default_sidecar_root() if sidecar_root == "auto" else sidecar_root
         self.mode = self._resolve(mode, pid_file, cmdline)
-        self.pattern = None
+        self.pattern: re.Pattern[str] | None = None
         if self.mode == "cmdline":
             try:
                 self.pattern = re.compile(cmdline)
@@ -326,7 +328,7 @@ class Workload:
     def describe(self) -> str:
         if self.mode == "pid_file":
             return f"pid_file {self.pid_file}"
-        if self.mode == "cmdline":
+        if self.mode == "cmdline" and self.pattern is not None:
             return f"cmdline /{self.pattern.pattern}/"
         if self.mode == "sources":
             return self.sources.describe()
@@ -345,9 +347,74 @@ class Workload:
                 pids.add(int(text))
         return pids
 
+    def _descendants(self, roots: Iterable[int]) -> set[int] | None:
+        """``roots`` (the live ones) and all their descendants, from /proc/PID/task/TID/children;
+        None where the kernel has no such file (then every process is listed instead)."""
+        out: set[int] = set()
+        stack = list(roots)
+        while stack:
+            pid = stack.pop()
+            if pid in out:
+                continue
+            try:
+                tids = os.listdir(os.path.join(self.proc_root, str(pid), "task"))
+            except OSError:
+                continue  # gone
+            out.add(pid)
+            for tid in tids:
+                try:
+                    with open(os.path.join(self.proc_root, str(pid), "task", tid, "children"), "rb") as fh:
+                        stack.extend(int(c) for c in fh.read().split())
+                except FileNotFoundError:
+                    if not os.path.exists(os.path.join(self.proc_root, str(pid), "task", tid)):
+                        continue  # the thread ended
+                    return None  # no CONFIG_PROC_CHILDREN
+                except OSError:
+                    continue
+        return out
+
+    def _select_from_roots(self) -> list | None:
+        """Modes pid_file and sources: the tree under known roots, without listing every process
+        (listing them was most of this collector's CPU between full looks for writers)."""
+        ps = self.psutil
+        excluded = self._descendants([self.sidecar_root]) if self.sidecar_root is not None else set()
+        if excluded is None:
+            return None
+        if self.mode == "pid_file":
+            roots = self._pid_file_pids()
+        else:
+            files = self.sources.files()
+            known = {pid for pid in self._writers if os.path.isdir(os.path.join(self.proc_root, str(pid)))}
+            if not (known and time.monotonic() - self._looked_at < WRITERS_LOOK_EVERY
+                    and writers_of(files, self.proc_root, only=known) == known):
+                self.uninspectable = []
+                known = writers_of(files, self.proc_root, skip=excluded, denied=self.uninspectable)
+                self._writers, self._looked_at = known, time.monotonic()
+            roots = known | self.sources.socket_peers()
+        chosen = self._descendants(roots) if self.children else \
+            {pid for pid in roots if os.path.isdir(os.path.join(self.proc_root, str(pid)))}
+        if chosen is None:
+            return None
+        if self.mode == "sources":
+            chosen -= excluded
+        zombie = getattr(ps, "STATUS_ZOMBIE", "zombie")
+        out = []
+        for pid in sorted(chosen):
+            try:
+                p = ps.Process(pid)
+                if p.status() != zombie:
+                    out.append(p)
+            except ps.NoSuchProcess:
+                continue
+        return out
+
     def select(self) -> list:
         """The workload's live processes (psutil.Process objects; zombies left out)."""
         ps = self.psutil
+        if self.mode in ("pid_file", "sources") and self.proc_root == "/proc":
+            quick = self._select_from_roots()
+            if quick is not None:
+                return quick
         attrs = ["pid", "ppid", "name", "status"]
         if self.mode == "cmdline":
             attrs.append("cmdline")
@@ -372,9 +439,10 @@ class Workload:
         if self.mode == "pid_file":
             roots = self._pid_file_pids() & procs.keys()
             chosen = tree(roots) if self.children else roots
-        elif self.mode == "cmdline":
+        elif self.mode == "cmdline" and self.pattern is not None:
+            pattern = self.pattern
             roots = {pid for pid, p in procs.items()
-                     if pid not in excluded and self.pattern.search(" ".join(p.info.get("cmdline") or ()))}
+                     if pid not in excluded and pattern.search(" ".join(p.info.get("cmdline") or ()))}
             chosen = (tree(roots) if self.children else roots) - excluded
         elif self.mode == "sources":
             # Looking at every open file of every process costs most of this collector's CPU on
@@ -516,12 +584,15 @@ class ProcessCollector(Collector):
         totals = self._totals
         rows = []
         cpu: dict[str, float] = {}
-        selected = self.workload.select()
-        if not selected and self.workload.uninspectable:
+        workload = self.workload
+        if workload is None:  # not set up
+            return
+        selected = workload.select()
+        if not selected and workload.uninspectable:
             self._denied.warning("uninspectable", "process collector: no writer of the sources found, but the "
                                  "open files of %d processes (another user's) cannot be seen: run as the "
                                  "workload's user, grant CAP_SYS_PTRACE, or set pid_file",
-                                 len(self.workload.uninspectable))
+                                 len(workload.uninspectable))
         for p in selected:
             r = self._read(p)
             if r is None:
