@@ -131,11 +131,11 @@ class Contender:
 
 
 class Sidecar(Contender):
-    def __init__(self, work: str, target: str, name: str, *flags: str):
+    def __init__(self, work: str, target: str, name: str, *flags: str, tree: str | None = None):
         super().__init__(work, target)
         self.name = name
         self.daemon = Daemon(os.path.join(work, name), "--tail", target, *flags, port=self.port,
-                             state_dir=os.path.join(work, name, "state"))
+                             state_dir=os.path.join(work, name, "state"), tree=tree)
         os.makedirs(os.path.join(work, name), exist_ok=True)
 
     def start(self) -> None:
@@ -305,6 +305,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds after start, and after a rate "
                     "change, before measuring")
     ap.add_argument("--lean", action="store_true", help="also mlsidecar without the gpu/process collectors")
+    ap.add_argument("--before", metavar="DIR", help="also the mlsidecar package of another checkout (e.g. "
+                    "`git archive COMMIT mlsidecar | tar -x -C DIR`), as contender mlsidecar-before")
     ap.add_argument("--skip", action="append", default=[], help="skip a contender: mtail, naive")
     ap.add_argument("--per-process", action="store_true", help="print CPU and PSS of every mlsidecar process")
     ap.add_argument("--sidecar-flag", action="append", default=[], help="extra flag for the mlsidecar run")
@@ -322,6 +324,8 @@ def main() -> int:
         target = os.path.join(work, "events.jsonl")
         open(target, "wb").close()
         contenders: list[Contender] = [Sidecar(work, target, "mlsidecar", *args.sidecar_flag)]
+        if args.before:
+            contenders.append(Sidecar(work, target, "mlsidecar-before", *args.sidecar_flag, tree=args.before))
         if args.lean:
             contenders.append(Sidecar(work, target, "mlsidecar-lean", "--no-collector.gpu",
                                       "--no-collector.process", *args.sidecar_flag))

@@ -64,8 +64,9 @@ class Daemon:
     """``python3 -m mlsidecar run`` in its own process group, on a free loopback port."""
 
     def __init__(self, workdir: str, *args: str, state_dir: str | None = None, port: int | None = None,
-                 config: str | None = None, log_name: str | None = None):
+                 config: str | None = None, log_name: str | None = None, tree: str | None = None):
         self.port = port or free_port()
+        self.tree = tree or str(REPO)  # another checkout's package (python -m runs it from its cwd)
         self.state_dir = state_dir or os.path.join(workdir, "state")
         self.args = list(args)
         self.config = config
@@ -83,7 +84,7 @@ class Daemon:
         if self.config:
             cmd += ["--config", self.config]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO),
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.tree,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         if wait:
             wait_for(self.ready, timeout, what=f"sidecar ready (log {self.log_path})")
