@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple, dataclass, field
+from typing import Any
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -133,7 +134,7 @@ def expiry(overrides: dict[str, float] | None = None) -> dict[str, float]:
     return out
 
 
-def _f(*args, **kwargs) -> Family:
+def _f(*args: Any, **kwargs: Any) -> Family:
     return register(Family(*args, **kwargs))
 
 

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from . import __version__
 from . import config as configmod
@@ -42,7 +43,7 @@ endpoints:
 class Parser(argparse.ArgumentParser):
     """A bad flag or value: one line naming it, exit code 2 (no usage dump)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 

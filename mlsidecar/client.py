@@ -78,7 +78,7 @@ class EventClient:
                         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
                         self._sock.setblocking(False)
                     self._sock.sendto(data, self.socket_path)
-                else:
+                elif self.path is not None:
                     if self._fd is None:
                         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
                     if os.write(self._fd, data) != len(data):
@@ -95,6 +95,8 @@ class EventClient:
 
         A line is either sent whole or not at all: when the kernel takes only part
         of one, the rest goes out first on a later call, before any new line."""
+        if self.stream_path is None:  # not a stream client
+            return False
         if self._stream is None:
             s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             s.setblocking(False)

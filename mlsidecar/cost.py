@@ -176,7 +176,8 @@ def parse(section) -> CostSettings:
             raise section.error(f"{key}.scope", f"must be one of {', '.join(BUDGET_SCOPES)}, got {scope!r}")
         if not isinstance(name, str) or not name:
             raise section.error(f"{key}.name", "must be a non-empty string")
-        if type(monthly) not in (int, float) or not math.isfinite(monthly) or monthly <= 0:
+        if isinstance(monthly, bool) or not isinstance(monthly, (int, float)) or not math.isfinite(monthly) \
+                or monthly <= 0:
             raise section.error(f"{key}.monthly", f"must be a number > 0, got {monthly!r}")
         if (scope, name) in seen:
             raise section.error(key, f"a second budget for {scope} {name!r}")

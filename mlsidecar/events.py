@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
+from typing import Any, Literal, overload
 
 import orjson
 
@@ -53,6 +54,10 @@ MAX_AMOUNT = 2.0 ** 53
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+# One decoded event: a JSON object.
+Event = dict[str, Any]
+
+
 class Rejected(Exception):
     """An event the sidecar will not map; ``reason`` is a fixed label value, ``detail`` for the log."""
 
@@ -62,7 +67,7 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def parse_line(line: bytes) -> dict:
+def parse_line(line: bytes) -> Event:
     """Decode one line into an event object, or raise :class:`Rejected`."""
     try:
         ev = orjson.loads(line)
@@ -73,10 +78,11 @@ def parse_line(line: bytes) -> dict:
         raise Rejected(MALFORMED, msg) from None
     if type(ev) is not dict:
         raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
-    return ev
+    event: Event = ev
+    return event
 
 
-def label(ev: dict, name: str, default: str | None = None, limit: int = DEFAULT_LABEL_LENGTH) -> str:
+def label(ev: Event, name: str, default: str | None = None, limit: int = DEFAULT_LABEL_LENGTH) -> str:
     """A label value from a field: strings as they are, integers as text, cut to ``limit`` characters."""
     v = ev.get(name)
     if v is None:
@@ -85,15 +91,22 @@ def label(ev: dict, name: str, default: str | None = None, limit: int = DEFAULT_
         return default
     t = type(v)
     if t is str:
-        if len(v) > limit:
-            return v[:limit]
-        return v
+        text: str = v
+        if len(text) > limit:
+            return text[:limit]
+        return text
     if t is int:
         return str(v)
     raise Rejected(WRONG_TYPE, f"'{name}' must be a string, got {t.__name__}")
 
 
-def number(ev: dict, name: str, *, required: bool = True, minimum: float | None = None,
+@overload
+def number(ev: Event, name: str, *, required: Literal[True] = True, minimum: float | None = None,
+           maximum: float | None = None) -> float: ...
+@overload
+def number(ev: Event, name: str, *, required: bool, minimum: float | None = None,
+           maximum: float | None = None) -> float | None: ...
+def number(ev: Event, name: str, *, required: bool = True, minimum: float | None = None,
            maximum: float | None = None) -> float | None:
     """A finite number from a field (booleans are not numbers), optionally bounded."""
     v = ev.get(name)
@@ -104,12 +117,16 @@ def number(ev: dict, name: str, *, required: bool = True, minimum: float | None 
     return check_number(v, name, minimum, maximum)
 
 
-def amount(ev: dict, name: str, required: bool = True) -> float | None:
+@overload
+def amount(ev: Event, name: str, required: Literal[True] = True) -> float: ...
+@overload
+def amount(ev: Event, name: str, required: bool) -> float | None: ...
+def amount(ev: Event, name: str, required: bool = True) -> float | None:
     """A value that is added up (a count, a duration, a counter increment): 0 to MAX_AMOUNT."""
     return number(ev, name, required=required, minimum=0, maximum=MAX_AMOUNT)
 
 
-def check_number(v, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
+def check_number(v: Any, name: str, minimum: float | None = None, maximum: float | None = None) -> float:
     t = type(v)
     if t is not float and t is not int:
         raise Rejected(WRONG_TYPE, f"'{name}' must be a number, got {t.__name__}")
@@ -119,14 +136,15 @@ def check_number(v, name: str, minimum: float | None = None, maximum: float | No
         raise Rejected(INVALID_VALUE, f"'{name}' must be >= {minimum}, got {v}")
     if maximum is not None and v > maximum:
         raise Rejected(INVALID_VALUE, f"'{name}' must be <= {maximum}, got {v}")
-    return v
+    checked: float = v
+    return checked
 
 
 # A loss may blow up to NaN or infinity, which JSON cannot write: these strings stand for them.
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def loss_value(v, name: str) -> float:
+def loss_value(v: Any, name: str) -> float:
     """A loss: a number, or one of the strings "NaN", "Infinity", "-Infinity"."""
     if type(v) is str:
         x = NON_FINITE.get(v)
@@ -136,10 +154,11 @@ def loss_value(v, name: str) -> float:
     t = type(v)
     if t is not float and t is not int:
         raise Rejected(WRONG_TYPE, f"'{name}' must be a number, got {t.__name__}")
-    return v
+    loss: float = v
+    return loss
 
 
-def losses_field(ev: dict, name: str) -> dict[str, float] | None:
+def losses_field(ev: Event, name: str) -> dict[str, float] | None:
     """An optional JSON object of loss name -> loss value (see :func:`loss_value`)."""
     v = ev.get(name)
     if v is None:
@@ -149,7 +168,11 @@ def losses_field(ev: dict, name: str) -> dict[str, float] | None:
     return {k: loss_value(x, f"{name}.{k}") for k, x in v.items()}
 
 
-def mapping_of_numbers(ev: dict, name: str, required: bool = True) -> dict[str, float] | None:
+@overload
+def mapping_of_numbers(ev: Event, name: str, required: Literal[True] = True) -> dict[str, float]: ...
+@overload
+def mapping_of_numbers(ev: Event, name: str, required: bool) -> dict[str, float] | None: ...
+def mapping_of_numbers(ev: Event, name: str, required: bool = True) -> dict[str, float] | None:
     """A JSON object of name -> number (losses, scores, queue sizes)."""
     v = ev.get(name)
     if v is None:
@@ -160,10 +183,11 @@ def mapping_of_numbers(ev: dict, name: str, required: bool = True) -> dict[str, 
         raise Rejected(WRONG_TYPE, f"'{name}' must be an object of numbers")
     for k, x in v.items():
         check_number(x, f"{name}.{k}")
-    return v
+    numbers: dict[str, float] = v
+    return numbers
 
 
-def timestamp(ev: dict, name: str = "ts") -> float | None:
+def timestamp(ev: Event, name: str = "ts") -> float | None:
     """Unix seconds from a number or an RFC 3339 string; None when absent."""
     v = ev.get(name)
     if v is None:

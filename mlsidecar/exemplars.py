@@ -18,12 +18,20 @@ import bisect
 import logging
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.utils import floatToGoString
 
 from .events import INVALID_VALUE, WRONG_TYPE, Rejected
 from .logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from .catalogue import Family
+
+LabelItems = tuple[tuple[str, str], ...]
+# (sorted label items, le text) -> (trace_id, value, timestamp)
+BucketExemplars = dict[tuple[LabelItems, str], tuple[str, float, float]]
 
 log = logging.getLogger("mlsidecar.exemplars")
 _errors = RateLimitedLog(log, interval=300.0)
@@ -33,18 +41,20 @@ MAX_TRACE_ID = 64
 DIRNAME = "exemplars"
 
 
-def check_trace_id(value) -> str:
+def check_trace_id(value: Any) -> str:
     """A prediction's ``trace_id``: a string of 1-64 characters (an OpenMetrics exemplar label)."""
     if type(value) is not str:
         raise Rejected(WRONG_TYPE, "'trace_id' must be a string")
     if not 0 < len(value) <= MAX_TRACE_ID:
         raise Rejected(INVALID_VALUE, f"'trace_id' must be 1-{MAX_TRACE_ID} characters")
-    return value
+    trace_id: str = value
+    return trace_id
 
 
 def le_text(le: float) -> str:
     """A bucket bound as the exposition spells it (prometheus_client's floatToGoString)."""
-    return floatToGoString(le)
+    text: str = floatToGoString(le)
+    return text
 
 
 class ExemplarStore:
@@ -54,10 +64,10 @@ class ExemplarStore:
         self.path = os.path.join(state_dir, DIRNAME, f"{identity}.json")
         self.static = dict(static_labels or {})
         # (family name, sorted label items, le) -> (trace_id, value, timestamp)
-        self.latest: dict[tuple[str, tuple, float], tuple[str, float, float]] = {}
+        self.latest: dict[tuple[str, LabelItems, float], tuple[str, float, float]] = {}
         self.dirty = False
 
-    def record(self, family, label_values: tuple[str, ...], value: float, trace_id: str, ts: float) -> None:
+    def record(self, family: Family, label_values: tuple[str, ...], value: float, trace_id: str, ts: float) -> None:
         labels = {**self.static, **dict(zip(family.labels, label_values))}
         i = bisect.bisect_left(family.buckets, value)
         le = family.buckets[i] if i < len(family.buckets) else math.inf
@@ -85,15 +95,15 @@ class ExemplarReader:
 
     def __init__(self, state_dir: str):
         self.dir = os.path.join(state_dir, DIRNAME)
-        self._files: dict[str, tuple[int, list]] = {}
+        self._files: dict[str, tuple[int, list[Any]]] = {}
 
-    def by_family(self) -> dict[str, dict[tuple, tuple[str, float, float]]]:
+    def by_family(self) -> dict[str, BucketExemplars]:
         """{family name: {(sorted label items, le text): (trace_id, value, ts)}}; the latest wins."""
         try:
             names = [n for n in os.listdir(self.dir) if n.endswith(".json")]
         except FileNotFoundError:
             return {}
-        out: dict[str, dict[tuple, tuple[str, float, float]]] = {}
+        out: dict[str, BucketExemplars] = {}
         for name in sorted(names):
             path = os.path.join(self.dir, name)
             try:

@@ -25,15 +25,28 @@ import os
 import re
 import struct
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.utils import floatToGoString
 
 from . import catalogue
-from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS
+from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS, Family
 from .store import CorruptFile
 from .store import metric_name as metric_key_name
+
+if TYPE_CHECKING:
+    from .exemplars import ExemplarReader
+
+LabelItems = tuple[tuple[str, str], ...]
+# The server's own families: [(family, [(label items, value), ...]), ...]
+Extra = Iterable[tuple[Family, Iterable[tuple[LabelItems, float]]]]
+# (label items, le text) -> (trace_id, value, timestamp)
+Exemplars = dict[tuple[LabelItems, str], tuple[str, float, float]]
+Getter = Callable[["memoryview[float]"], tuple[float, ...]]
+HistogramPlan = list[tuple[int, list[tuple[int, str]], str, str]]
 
 _INT = struct.Struct("i")
 INF = math.inf
@@ -42,7 +55,8 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 # Families computed from another family's value at scrape time.
-DERIVED = {PIPELINE_DATA_TS.name: (PIPELINE_FRESHNESS, lambda value, now: max(0.0, now - value))}
+DERIVED: dict[str, tuple[Family, Callable[[float, float], float]]] = {
+    PIPELINE_DATA_TS.name: (PIPELINE_FRESHNESS, lambda value, now: max(0.0, now - value))}
 _DERIVED_NAMES = {d.name for d, _ in DERIVED.values()}
 
 # Why a key of a multiprocess file is left out (mlsidecar_multiproc_keys_skipped_total{reason}).
@@ -66,7 +80,7 @@ def _sample_names(base: str, typ: str) -> tuple[str, ...]:
     return (base,)
 
 
-def _raw_entries(buf, start: int, used: int):
+def _raw_entries(buf: mmap.mmap, start: int, used: int) -> Iterator[tuple[bytes, int]]:
     """(key bytes, offset of the value) for the entries in ``buf[start:used]``.
 
     The keys stay bytes: one that is not UTF-8 or not JSON is the reader's to
@@ -117,11 +131,11 @@ def unit_of(name: str) -> str:
     return unit if unit and name.endswith("_" + unit) else ""
 
 
-def _with_exemplars(name: str, lines: list[str], exemplars: dict) -> list[str]:
+def _with_exemplars(name: str, lines: list[str], exemplars: Exemplars) -> list[str]:
     """Bucket lines with their exemplar appended (OpenMetrics), matched by the line's name and labels."""
     from .exemplars import suffix
 
-    by_prefix = {}
+    by_prefix: dict[str, str] = {}
     for (label_items, le), ex in exemplars.items():
         base = ",".join(f'{k}="{escape_label(v)}"' for k, v in label_items)
         try:
@@ -129,14 +143,14 @@ def _with_exemplars(name: str, lines: list[str], exemplars: dict) -> list[str]:
         except ValueError:
             continue
         by_prefix[f'{name}_bucket{{{base}{"," if base else ""}le="{le}"}} '] = suffix(ex)
-    out = []
+    out: list[str] = []
     for line in lines:
         cut = line.rfind(" ") + 1
         out.append(line + by_prefix.get(line[:cut], ""))
     return out
 
 
-def render_labels(labels: tuple[tuple[str, str], ...]) -> str:
+def render_labels(labels: LabelItems) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in labels) + "}"
@@ -153,10 +167,10 @@ class _Family:
     # Plain series: slot -> (sample name, label text)
     simple: dict[int, str] = field(default_factory=dict)
     # Histogram series: labels (without le) -> {le float: slot}, sum slot
-    buckets: dict[tuple, dict[float, int]] = field(default_factory=dict)
-    sums: dict[tuple, int] = field(default_factory=dict)
+    buckets: dict[LabelItems, dict[float, int]] = field(default_factory=dict)
+    sums: dict[LabelItems, int] = field(default_factory=dict)
     # Rendered once per new series: [(sum slot, [(bucket slot, line prefix)], count prefix, sum prefix)]
-    histogram_plan: list | None = None
+    histogram_plan: HistogramPlan | None = None
 
 
 class _FileView:
@@ -169,14 +183,14 @@ class _FileView:
         self.mode = parts[1] if self.type == "gauge" and len(parts) > 2 else ""
         self.identity = parts[-1]
         self.reader = reader
-        self.ino = None
-        self.mm = None
-        self.doubles = None
+        self.ino: int | None = None
+        self.mm: mmap.mmap | None = None
+        self.doubles: memoryview[float] | None = None
         self.parsed = 8
         self.slots: list[int] = []
         self.indexes: list[int] = []
-        self.getter = None
-        self.ts_getter = None
+        self.getter: Getter | None = None
+        self.ts_getter: Getter | None = None
 
     def close(self) -> None:
         if self.doubles is not None:
@@ -200,17 +214,18 @@ class _FileView:
             self.getter = self.ts_getter = None
         if st.st_size < 8 or st.st_size % 8:
             return False
-        if self.mm is None or len(self.mm) < st.st_size:
+        mm = self.mm
+        if mm is None or len(mm) < st.st_size:
             self.close()
             with open(self.path, "rb") as fh:
-                self.mm = mmap.mmap(fh.fileno(), st.st_size, access=mmap.ACCESS_READ)
-            self.doubles = memoryview(self.mm).cast("d")
-        (used,) = _INT.unpack_from(self.mm, 0)
-        if used > len(self.mm) or used < 8:
+                mm = self.mm = mmap.mmap(fh.fileno(), st.st_size, access=mmap.ACCESS_READ)
+            self.doubles = memoryview(mm).cast("d")
+        (used,) = _INT.unpack_from(mm, 0)
+        if used > len(mm) or used < 8:
             return False
         if used > self.parsed:
             try:
-                for key, off in _raw_entries(self.mm, self.parsed, used):
+                for key, off in _raw_entries(mm, self.parsed, used):
                     slot = self.reader._slot(self, key)
                     if slot is not None:
                         self.slots.append(slot)
@@ -222,36 +237,39 @@ class _FileView:
             self.getter = self.ts_getter = None
         return True
 
-    def read(self) -> tuple[tuple, tuple]:
+    def read(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """All values and timestamps of this file, each in one C-level call."""
-        if not self.indexes:
+        doubles = self.doubles
+        if not self.indexes or doubles is None:
             return (), ()
-        if self.getter is None:
+        getter, ts_getter = self.getter, self.ts_getter
+        if getter is None or ts_getter is None:
             idx = self.indexes
             if len(idx) == 1:
                 i = idx[0]
-                self.getter = lambda d: (d[i],)
-                self.ts_getter = lambda d: (d[i + 1],)
+                getter = self.getter = lambda d: (d[i],)
+                ts_getter = self.ts_getter = lambda d: (d[i + 1],)
             else:
-                self.getter = operator.itemgetter(*idx)
-                self.ts_getter = operator.itemgetter(*[i + 1 for i in idx])
-        return self.getter(self.doubles), self.ts_getter(self.doubles)
+                getter = self.getter = operator.itemgetter(*idx)
+                ts_getter = self.ts_getter = operator.itemgetter(*[i + 1 for i in idx])
+        return getter(doubles), ts_getter(doubles)
 
 
 class MetricsReader:
     """Collects every *.db file under some directories into one exposition."""
 
-    def __init__(self, directories: list[str], clock=time.time, expiry: dict[str, float] | None = None):
+    def __init__(self, directories: list[str], clock: Callable[[], float] = time.time,
+                 expiry: dict[str, float] | None = None):
         self.directories = list(directories)
         self.expiry = expiry if expiry is not None else catalogue.expiry()
         self.clock = clock
         self.files: dict[str, _FileView] = {}
         self.families: dict[str, _Family] = {}
-        self._slot_ids: dict[tuple, int] = {}
+        self._slot_ids: dict[tuple[str, str, LabelItems, float | None], int] = {}
         self._slot_family: list[_Family] = []
         self.skipped_files = 0
         self.skipped_keys: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
-        self.exemplars = None  # an exemplars.ExemplarReader: bucket exemplars in OpenMetrics
+        self.exemplars: ExemplarReader | None = None  # bucket exemplars in OpenMetrics
         self.series = 0
         # Sample name -> (family, type) that writes it: the catalogue's first, so a foreign
         # file can neither change a built-in family's type nor write into the server's own.
@@ -266,27 +284,31 @@ class MetricsReader:
     # --- keys -> slots ------------------------------------------------------
     def _skip(self, reason: str) -> None:
         self.skipped_keys[reason] = self.skipped_keys.get(reason, 0) + 1
-        return None
 
     def _slot(self, view: _FileView, raw: bytes) -> int | None:
         """The slot of one key, or None when the key cannot be served (skipped and counted)."""
         try:
             key = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return self._skip(SKIP_BAD_KEY)
+            self._skip(SKIP_BAD_KEY)
+            return None
         if not (type(key) is list and len(key) == 4):
-            return self._skip(SKIP_BAD_KEY)
+            self._skip(SKIP_BAD_KEY)
+            return None
         metric_name, sample_name, labels, help_text = key
         if not (type(metric_name) is str and type(sample_name) is str and type(labels) is dict
                 and type(help_text) is str):
-            return self._skip(SKIP_BAD_KEY)
+            self._skip(SKIP_BAD_KEY)
+            return None
         if any(type(v) not in (str, int, float) for v in labels.values()):
-            return self._skip(SKIP_BAD_KEY)
+            self._skip(SKIP_BAD_KEY)
+            return None
         if view.mode in ("all", "liveall"):
             labels = {**labels, "pid": view.identity}
         le = labels.pop("le", None) if view.type == "histogram" else None
         if not self._valid(view.type, metric_name, sample_name, labels, le):
-            return self._skip(SKIP_INVALID_NAME)
+            self._skip(SKIP_INVALID_NAME)
+            return None
         label_items = tuple(sorted((k, str(v)) for k, v in labels.items()))
         # A bucket is its bound, however a writer spelled it ("1e+07", "10000000.0"), as in
         # prometheus_client's MultiProcessCollector: both spellings add up in one bucket.
@@ -298,11 +320,13 @@ class MetricsReader:
         fam = self.families.get(metric_name)
         if fam is None:
             if not self._claim(metric_name, view.type):
-                return self._skip(SKIP_CLASH)
+                self._skip(SKIP_CLASH)
+                return None
             ttl = self.expiry.get(metric_name, self.expiry.get(metric_name + "_total", INF))
             fam = self.families[metric_name] = _Family(metric_name, view.type, help_text, ttl)
         elif fam.type != view.type:
-            return self._skip(SKIP_CLASH)
+            self._skip(SKIP_CLASH)
+            return None
         slot = len(self._slot_family)
         self._slot_ids[ident] = slot
         self._slot_family.append(fam)
@@ -317,7 +341,7 @@ class MetricsReader:
         return slot
 
     @staticmethod
-    def _valid(typ: str, name: str, sample: str, labels: dict, le) -> bool:
+    def _valid(typ: str, name: str, sample: str, labels: dict[str, Any], le: Any) -> bool:
         """Prometheus' rules for metric and label names, and the samples each type may have."""
         if not _METRIC_NAME.match(name):
             return False
@@ -402,14 +426,15 @@ class MetricsReader:
                         stamps[slot] = t
         return values, stamps
 
-    def render(self, openmetrics: bool = False, extra=()) -> str:
+    def render(self, openmetrics: bool = False, extra: Extra = ()) -> str:
         """The whole exposition; ``extra`` adds the server's own counters:
         ``[(family, [(label items, value), ...]), ...]``."""
         values, stamps = self.collect()
         now = self.clock()
         out: list[str] = []
         series = 0
-        traced = self.exemplars.by_family() if openmetrics and self.exemplars is not None else {}
+        traced: dict[str, Exemplars] = self.exemplars.by_family() \
+            if openmetrics and self.exemplars is not None else {}
         for name in sorted(self.families):
             fam = self.families[name]
             floor = now - fam.expire_after if fam.expire_after != INF else 0.0
@@ -439,9 +464,9 @@ class MetricsReader:
         keys = catalogue.SCRAPE_KEYS_SKIPPED
         self._header(out, keys.name, keys.type, keys.help, openmetrics)
         out.extend(f'{keys.name}{{reason="{r}"}} {format_value(float(n))}' for r, n in self.skipped_keys.items())
-        for fam, samples in extra:
-            self._header(out, fam.name, fam.type, fam.help, openmetrics)
-            out.extend(f"{fam.name}{render_labels(labels)} {format_value(float(v))}" for labels, v in samples)
+        for own, samples in extra:
+            self._header(out, own.name, own.type, own.help, openmetrics)
+            out.extend(f"{own.name}{render_labels(labels)} {format_value(float(v))}" for labels, v in samples)
         if openmetrics:
             out.append("# EOF")
         self.series = series
@@ -463,8 +488,8 @@ class MetricsReader:
             out.append(f"# TYPE {full} {typ}")
 
     @staticmethod
-    def _histogram_plan(fam: _Family) -> list:
-        plan = []
+    def _histogram_plan(fam: _Family) -> HistogramPlan:
+        plan: HistogramPlan = []
         for label_items, by_le in fam.buckets.items():
             sum_slot = fam.sums.get(label_items)
             if sum_slot is None:
@@ -480,12 +505,13 @@ class MetricsReader:
         return plan
 
     @classmethod
-    def _histogram_lines(cls, fam: _Family, values, stamps, floor) -> list[str]:
-        if fam.histogram_plan is None:
-            fam.histogram_plan = cls._histogram_plan(fam)
-        lines = []
+    def _histogram_lines(cls, fam: _Family, values: list[float], stamps: list[float], floor: float) -> list[str]:
+        plan = fam.histogram_plan
+        if plan is None:
+            plan = fam.histogram_plan = cls._histogram_plan(fam)
+        lines: list[str] = []
         append = lines.append
-        for sum_slot, buckets, count_prefix, sum_prefix in fam.histogram_plan:
+        for sum_slot, buckets, count_prefix, sum_prefix in plan:
             if stamps[sum_slot] < floor:
                 continue
             acc = 0.0

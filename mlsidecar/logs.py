@@ -13,6 +13,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 FORMATS = ("logfmt", "json")
 _format = "logfmt"
@@ -20,8 +22,8 @@ _format = "logfmt"
 
 def _fields(record: logging.LogRecord) -> dict[str, str]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    worker = "supervisor" if record.processName == "MainProcess" else record.processName
-    out = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
+    worker = "supervisor" if record.processName == "MainProcess" else record.processName or ""
+    out: dict[str, str] = {"ts": f"{ts}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
            "worker": worker, "logger": record.name, "msg": record.getMessage()}
     if record.exc_info:
         out["exc"] = logging.Formatter().formatException(record.exc_info)
@@ -60,14 +62,15 @@ def setup(level: str = "info", fmt: str | None = None) -> None:
 class RateLimitedLog:
     """Logs the first message of each reason, then at most one per ``interval`` seconds."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock=time.monotonic):
+    def __init__(self, logger: logging.Logger, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.logger = logger
         self.interval = interval
         self.clock = clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, reason: str, msg: str, *args) -> bool:
+    def warning(self, reason: str, msg: str, *args: Any) -> bool:
         """Log unless this reason was logged within the interval; True when logged."""
         now = self.clock()
         last = self._last.get(reason)

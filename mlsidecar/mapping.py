@@ -15,9 +15,10 @@ import time
 import traceback
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from math import fsum
+from typing import Any
 
 from . import catalogue as C
 from . import events
@@ -45,7 +46,7 @@ from .events import (
     number,
     timestamp,
 )
-from .exemplars import check_trace_id
+from .exemplars import ExemplarStore, check_trace_id
 from .logs import RateLimitedLog
 from .runs import STATUSES as RUN_STATUSES
 from .runs import TrainingRuns
@@ -76,7 +77,7 @@ class Mapper:
         self.batch = batch
         self.label_length = label_value_length  # limits.label_value_length
         self.metric_prefix = metric_prefix
-        self.user_mappings = {}
+        self.user_mappings: dict[str, list[Any]] = {}
         for m in user_mappings:
             self.user_mappings.setdefault(m.event, []).append(m)
         self.metric_buckets = metric_buckets
@@ -88,7 +89,7 @@ class Mapper:
         # This chunk's predictions per series: (latencies, confidences); see prediction().
         self._records: dict[tuple[str, str, str], tuple[list, list]] = {}
         # The latest traced latency per bucket (a prediction's trace_id); set by the ingest worker.
-        self.exemplars = None
+        self.exemplars: ExemplarStore | None = None
         self._dynamic: dict[str, Family] = {}
         self.max_user_metrics = max_user_metrics
         self.max_error_rates = max_error_rates
@@ -178,7 +179,7 @@ class Mapper:
         # counts and sums with C-level Counter/sum. Label values are checked when a series is
         # first seen in a chunk: only checked values ever become a record's key.
         get = ev.get
-        labels = (get("model"), get("version", "unknown"), get("status", "success"))
+        labels: tuple[Any, Any, Any] = (get("model"), get("version", "unknown"), get("status", "success"))
         try:
             rec = self._records.get(labels)
         except TypeError:  # an unhashable label value: a list or an object
@@ -376,7 +377,7 @@ class Mapper:
         others (whose old records leave the window) at most every ERROR_RATE_INTERVAL. A
         window that saw nothing for a whole window length is forgotten (its gauge stays)."""
         if now < self._error_rates_due:
-            keys = self._error_rates_dirty
+            keys: Iterable[tuple[str, str]] = self._error_rates_dirty
         else:
             self._error_rates_due = now + ERROR_RATE_INTERVAL
             keys = list(self._error_rates)

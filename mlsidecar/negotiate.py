@@ -9,6 +9,8 @@ never an error: a scraper with an odd header still gets an answer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 OPENMETRICS = "application/openmetrics-text"
 TEXT = "text/plain"
 # OpenMetrics versions this server writes; an unversioned range accepts them too.
@@ -24,14 +26,14 @@ def _q(params: dict[str, str]) -> float:
     return q if 0.0 <= q <= 1.0 else 1.0
 
 
-def _split(header: str):
+def _split(header: str) -> Iterator[tuple[str, dict[str, str]]]:
     """(lower-case value, params) for each comma-separated element of a header."""
     for element in header.split(","):
         parts = [p.strip() for p in element.split(";")]
         value = parts[0].lower()
         if not value:
             continue
-        params = {}
+        params: dict[str, str] = {}
         for p in parts[1:]:
             k, sep, v = p.partition("=")
             if sep:

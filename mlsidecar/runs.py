@@ -16,7 +16,12 @@ in progress are read back from the first two, so nothing restarts from zero.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import catalogue as C
+
+if TYPE_CHECKING:
+    from .store import Batch, SeriesKey
 
 STATUSES = ("started", "running", "completed", "failed")
 
@@ -27,13 +32,13 @@ class TrainingRuns:
     def __init__(self) -> None:
         self.active: dict[str, float] = {}
 
-    def restore(self, values: dict) -> None:
+    def restore(self, values: dict[SeriesKey, Any]) -> None:
         """Runs in progress from the stored series of a previous worker."""
         for (fam, labels), v in values.items():
             if fam is C.TRAINING_RUN_ACTIVE and v == 1.0:
                 self.active[labels[0]] = values.get((C.TRAINING_RUN_START, labels), 0.0)
 
-    def event(self, batch, job: str, status: str, at: float, duration: float | None) -> None:
+    def event(self, batch: Batch, job: str, status: str, at: float, duration: float | None) -> None:
         key = (job,)
         if status == "started" or (status == "running" and job not in self.active):
             self.active[job] = at

@@ -20,8 +20,8 @@ from . import catalogue as C
 from .catalogue import COUNTER, GAUGE, Family
 
 
-def _f(*args, **kwargs) -> Family:
-    return C.register(Family(*args, **kwargs, fed_by="server (sidecar self-metrics)"))
+def _f(name: str, typ: str, help_text: str, labels: tuple[str, ...] = (), unit: str = "") -> Family:
+    return C.register(Family(name, typ, help_text, labels, unit=unit, fed_by="server (sidecar self-metrics)"))
 
 
 PROCESS_CPU = _f("process_cpu_seconds_total", COUNTER,

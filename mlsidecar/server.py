@@ -311,7 +311,7 @@ class Acceptor:
         self.on_reject = on_reject
         self.open = 0
         # Connected transports, least recently active first.
-        self.live: dict[object, _Counted] = {}
+        self.live: dict[asyncio.Transport | None, _Counted] = {}
         self.warn = RateLimitedLog(log, 60.0)
         self._tasks: set[asyncio.Task] = set()
 
@@ -336,7 +336,7 @@ class Acceptor:
 
     def _evict_idle(self) -> bool:
         for transport, conn in self.live.items():
-            if not conn.busy:
+            if not conn.busy and transport is not None:
                 del self.live[transport]
                 transport.abort()  # connection_lost follows, and releases its count
                 return True

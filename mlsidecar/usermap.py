@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .events import DEFAULT_LABEL_LENGTH, MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
 
@@ -30,7 +31,7 @@ LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def _lookup(ev: dict, path: tuple[str, ...]):
-    v = ev
+    v: Any = ev
     for part in path:
         if type(v) is not dict:
             return None

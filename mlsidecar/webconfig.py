@@ -407,7 +407,7 @@ class BasicAuth:
         """True for good credentials; raises :class:`AuthBusy` when no check can be afforded now."""
         hashed = self.users.get(user)
         known = hashed is not None
-        if not known:
+        if hashed is None:
             hashed = _DUMMY_HASH
         key = self._cache_key(user, password, hashed)
         now = self.clock()

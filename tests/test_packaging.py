@@ -55,6 +55,8 @@ def test_build_makes_an_sdist_and_a_wheel_with_full_metadata(dist):
     with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
         names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
     assert {"LICENSE", "README.md", "pyproject.toml", "mlsidecar/events.schema.json"} <= names
+    with zipfile.ZipFile(next(dist.glob("*.whl"))) as whl:
+        assert {"mlsidecar/py.typed", "mlsidecar/events.schema.json"} <= set(whl.namelist())  # typed package
 
 
 def test_twine_check_passes(dist):

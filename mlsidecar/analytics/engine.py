@@ -19,6 +19,7 @@ the Mapper's prediction records (:meth:`Engine.records`), never per event.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .. import catalogue as C
 from ..catalogue import COUNTER, Family
@@ -54,6 +55,8 @@ class ModelState:
         self.seq = 0
         self.roc: RocWindow | None = None
         self.corr: FeatureCorrelation | None = None
+        self.spec_features: dict[str, Any] = {}  # declared features: name -> settings
+        self.reference: dict[str, Any] = {}  # reference distributions: name -> reference
 
 
 class Engine:
@@ -74,7 +77,7 @@ class Engine:
         self.references = references or {}
         self.now = 0.0
         self.last_compute = float("-inf")
-        self.last_anomaly = None
+        self.last_anomaly: float | None = None
         self.dropped: dict[str, int] = {}
         self._dropped_flushed: dict[str, int] = {}
         self._features_track = self.drift_on or self.quality_on
@@ -147,9 +150,9 @@ class Engine:
             if roc is None:
                 roc = ms.roc = RocWindow(self.s.roc.window_size)
         if y_true is not None:
-            if y_pred is not None and self.perf_on:
+            if y_pred is not None and ms.perf is not None:  # set when performance is on
                 ms.perf.add(now, y_true, y_pred)
-            if roc is not None:
+            if roc is not None and score is not None:  # roc is only set with a score
                 roc.add(score, y_true in self.positive)
         elif pid is not None and self.join is not None:
             if y_pred is not None and self.perf_on:
@@ -173,7 +176,8 @@ class Engine:
         """A ``label`` event: the true class of an earlier prediction."""
         pid = prediction_key(ev.get("prediction_id"))
         y_true = class_label(ev.get("y_true"), "y_true", self.label_length)
-        self.join.label(pid, y_true, self.now)
+        if self.join is not None:  # there is one whenever this handler is registered
+            self.join.label(pid, y_true, self.now)
 
     def tick(self, batch, now: float) -> None:
         self.now = now

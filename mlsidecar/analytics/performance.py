@@ -297,7 +297,7 @@ class LabelJoin:
             for result in self.counts:
                 batch.ensure(LABEL_JOINS, (result,))
             self._flushed = dict(self.counts)
-        n = float(len(self.pending))
-        if n != self._last_pending:
-            batch.set(LABEL_PENDING, (), n)
-            self._last_pending = n
+        pending = float(len(self.pending))
+        if pending != self._last_pending:
+            batch.set(LABEL_PENDING, (), pending)
+            self._last_pending = pending

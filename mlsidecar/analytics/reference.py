@@ -48,6 +48,7 @@ import sys
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any, TypeGuard
 
 FORMAT = "mlsidecar-reference/1"
 NUMERIC = "numeric"
@@ -207,7 +208,7 @@ def validate(data) -> dict:
     return feats
 
 
-def _numbers(v) -> bool:
+def _numbers(v: Any) -> TypeGuard[list[float]]:
     return type(v) is list and all(type(x) in (int, float) and math.isfinite(x) for x in v)
 
 

@@ -48,6 +48,7 @@ from .process import (
     WORKLOAD_OPTIONS,
     Published,
     SourceWriters,
+    Workload,
     in_initial_pid_namespace,
     job_name,
     workload_from_options,
@@ -240,7 +241,7 @@ class GpuCollector(Collector):
         self.unsupported: set[tuple[str, str]] = set()
         self.lost: set[str] = set()
         self.attribution = "none"
-        self.workload = None
+        self.workload: Workload | None = None
         self.xid: XidWatcher | None = None
         self._xid_start: dict[tuple, float] = {}
         self._gpm_prev: dict[tuple, Any] = {}
@@ -258,10 +259,10 @@ class GpuCollector(Collector):
         nv = self.nvml
         if nv is None:
             try:
-                import pynvml as nv
+                import pynvml
             except ImportError:
                 raise CollectorUnavailable("nvidia-ml-py (pynvml) is not installed") from None
-            self.nvml = nv
+            nv = self.nvml = pynvml
         try:
             nv.nvmlInit()
         except nv.NVMLError_LibraryNotFound:
@@ -376,10 +377,10 @@ class GpuCollector(Collector):
         if self.xid is not None:
             by_index = {g.index: g for g in self.gpus}
             for (index, code), n in self.xid.snapshot().items():
-                g = by_index.get(index)
-                if g is None or g.uuid in self.lost:
+                found = by_index.get(index)
+                if found is None or found.uuid in self.lost:
                     continue
-                out[(XID, g.labels + (str(code),))] = n
+                out[(XID, found.labels + (str(code),))] = n
         seen = {pid for procs in per_gpu_procs.values() for pid in procs}
         self._names = {pid: n for pid, n in self._names.items() if pid in seen}
         for index, procs in per_gpu_procs.items():
@@ -553,7 +554,8 @@ class GpuCollector(Collector):
 
     def _read_processes(self, g: _Gpu) -> dict[int, float]:
         """{host pid: GPU memory bytes} of the processes on one GPU."""
-        nv, out = self.nvml, {}
+        nv = self.nvml
+        out: dict[int, float] = {}
         for what, fn in (("compute_processes", nv.nvmlDeviceGetComputeRunningProcesses),
                          ("graphics_processes", nv.nvmlDeviceGetGraphicsRunningProcesses)):
             procs = self._call(g.uuid, what, fn, g.handle) or ()

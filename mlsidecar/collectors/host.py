@@ -24,8 +24,9 @@ from . import Collector, CollectorSettings, CollectorUnavailable, register
 from .process import Published
 
 
-def _f(*args, **kwargs) -> Family:
-    return C.register(Family(*args, **kwargs, fed_by="host collector"))
+def _f(*args: Any, **kwargs: Any) -> Family:
+    kwargs["fed_by"] = "host collector"
+    return C.register(Family(*args, **kwargs))
 
 
 CPU = _f("ml_host_cpu_utilization_ratio", GAUGE,

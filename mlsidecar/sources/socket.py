@@ -28,6 +28,7 @@ import stat
 import struct
 import threading
 import time
+from typing import cast
 
 from .. import catalogue as C
 from ..config import Config
@@ -155,18 +156,19 @@ class SocketReader(threading.Thread):
     def run(self) -> None:
         while not self.stopping:
             for key, _ in self.sel.select(timeout=0.2):
+                sock = cast(socket.socket, key.fileobj)  # only sockets are registered
                 try:
                     if key.data == "listen":
-                        self._accept(key.fileobj)
+                        self._accept(sock)
                     elif key.data == "dgram":
-                        self._datagrams(key.fileobj)
+                        self._datagrams(sock)
                     else:
-                        self._read(key.fileobj)
+                        self._read(sock)
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
                         self.warn.warning(f"error-{exc.errno}", "socket error: %s", exc)
                         if key.data == "conn":
-                            self._close(key.fileobj)
+                            self._close(sock)
             self._resume_listeners()
 
     def _reject(self, reason: str) -> None:
@@ -407,9 +409,9 @@ def run_socket_worker(identity: str, cfg: Config) -> None:
         ledger.flushed()
     finally:
         reader.stopping = True
-        for s, path in ((stream, src.socket), (dgram, src.socket_datagram)):
-            if s is not None:
-                s.close()
+        for listener, path in ((stream, src.socket), (dgram, src.socket_datagram)):
+            if listener is not None:
+                listener.close()
                 try:
                     if stat.S_ISSOCK(os.lstat(path).st_mode):
                         os.unlink(path)
