@@ -34,6 +34,7 @@ CAUGHT_UP_FLUSH = 0.1  # seconds between flushes once the files are read to thei
 BURST_BYTES = 1 << 20  # read since the last flush: a burst, whose last lines are flushed at once
 STATUS_EVERY = 3.0  # seconds between status writes when only counts changed (the server's STALE_AFTER is 10)
 GAUGE_REFRESH = 60.0  # an unchanged gauge is written again this often (it must not expire)
+IDLE_TICK = 1.0  # seconds between analytics ticks with nothing read (windows expire; nothing is new)
 
 
 class Stop:
@@ -248,6 +249,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     flush_every = cfg.sources.flush_interval
     poll = cfg.sources.poll_interval
     last_flush = last_scan = last_status = last_status_write = 0.0
+    last_flush_bytes = 0
     last_shape: tuple = ()
     behind_written: dict[str, tuple[int, float]] = {}
     bytes_read: dict[str, int] = {}
@@ -291,12 +293,15 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
             # Busy: flush every flush_interval. Caught up after a burst: flush what is pending now
             # (at most every CAUGHT_UP_FLUSH), so its last lines show at once. A trickle is flushed
             # every flush_interval: each flush writes the journal, most of the cost at a steady load.
-            burst = sum(bytes_read.values()) >= BURST_BYTES
+            unflushed = sum(bytes_read.values())
+            burst = unflushed >= BURST_BYTES or last_flush_bytes >= BURST_BYTES  # in one, or just after
             due = CAUGHT_UP_FLUSH if pending and not progressed and burst else flush_every
+            if not (pending or progressed or writer.has_pending()):
+                due = IDLE_TICK
             if now - last_flush >= due and (pending or not last_flush or mapper.analytics):
                 # With analytics on, flush (and so tick) even when idle: windows keep expiring.
                 flush(now)
-                last_flush = now
+                last_flush, last_flush_bytes = now, unflushed
                 pending = False
             if now - last_status >= 1.0:
                 tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
@@ -328,7 +333,7 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 last_status = now
             if not progressed:
                 # Idle: sleep until a file changes, a pending flush is due, or the rescan.
-                wake_in = last_flush + due - time.time() if pending else min(poll, 0.5)
+                wake_in = last_flush + due - time.time() if pending else min(poll, IDLE_TICK)
                 tailer.wait(max(0.0, wake_in))
                 # A chatty writer wakes us per line; reading at most every READ_PAUSE
                 # turns a thousand wake-ups a second into a few reads of many lines.
