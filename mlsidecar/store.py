@@ -533,7 +533,12 @@ def metric_name(fam: Family) -> str:
 
 
 def _key(fam: Family, sample_name: str, labels: dict[str, str]) -> str:
-    return json.dumps([metric_name(fam), sample_name, labels, fam.help], sort_keys=True)
+    return _KEY_ENCODER.encode([metric_name(fam), sample_name, labels, fam.help])
+
+
+# json.dumps(..., sort_keys=True) exactly (prometheus_client's key format), without building an
+# encoder per call: a restart with 100k series makes one key per stored sample.
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True)
 
 
 _INF = math.inf
