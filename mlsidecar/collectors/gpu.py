@@ -258,6 +258,13 @@ class GpuCollector(Collector):
     def setup(self) -> None:
         nv = self.nvml
         if nv is None:
+            # No driver library (a machine without a GPU): say so without importing pynvml,
+            # which costs the collector process about 4 MB for nothing.
+            try:
+                ctypes.CDLL("libnvidia-ml.so.1")
+            except OSError:
+                raise CollectorUnavailable("NVML library (libnvidia-ml.so.1) not found: "
+                                           "no NVIDIA driver on this machine") from None
             try:
                 import pynvml
             except ImportError:

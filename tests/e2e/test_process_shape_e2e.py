@@ -79,3 +79,35 @@ def test_the_tail_worker_imports_no_server_nvml_or_psutil():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [], out.stdout
+
+
+def test_no_nvidia_driver_means_no_pynvml_import():
+    """Without the driver library the GPU collector reports itself down without importing pynvml
+    (about 4 MB of the collector process on every machine without a GPU)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    import pytest
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        pass
+    else:
+        pytest.skip("this machine has an NVIDIA driver library")
+    code = (
+        "import sys\n"
+        "from mlsidecar import config\n"
+        "from mlsidecar.collectors import CollectorUnavailable, load_all\n"
+        "gpu = load_all()['gpu'](config.load(None).collector('gpu'))\n"
+        "try:\n"
+        "    gpu.setup()\n"
+        "except CollectorUnavailable as exc:\n"
+        "    print('down:', exc)\n"
+        "print('pynvml' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "down: NVML library (libnvidia-ml.so.1) not found" in out.stdout
+    assert out.stdout.split()[-1] == "False", out.stdout
