@@ -559,13 +559,13 @@ def _check_journal(journal: Any, suffix: str) -> None:
                 and (_finite(w[2]) or (w[0].startswith(GAUGE + "_") and w[2] in NONFINITE))
                 and _finite(w[3])):
             raise ValueError(f"a write of the wrong shape: {str(w)[:100]}")
+    state = journal.get("state")
+    if state is not None and not isinstance(state, dict):
+        raise ValueError("state is not an object")
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-    state = journal.get("state")
-    if state is not None and not isinstance(state, dict):
-        raise ValueError("state is not an object")
 
 
 def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[tuple[str, float, float]], list[str]]:
