@@ -162,7 +162,7 @@ def test_a_journal_of_the_wrong_shape_is_moved_aside_not_fatal(tmp_path):
     w.apply(b)
     w.flush({"pos": 1})
     w.close()
-    for bad in (b"", b"{", b"[1, 2]", b'{"writes": [["x", 1, 2, 3]]}'):
+    for bad in (b"", b"{", b"[1, 2]", b'{"writes": [["x", 1, 2, 3]]}', b'{"writes": [], "state": [1]}'):
         with open(w.journal_path, "wb") as fh:
             fh.write(bad)
         w2 = writer(tmp_path)
