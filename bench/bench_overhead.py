@@ -155,7 +155,9 @@ class Sidecar(Contender):
             try:
                 with open(os.path.join(status, fn), "rb") as fh:
                     st = orjson.loads(fh.read())
-                out[int(st["pid"])] = st.get("identity", fn[:-5])
+                pid, ident = int(st["pid"]), st.get("identity", fn[:-5])
+                # One process may write as several identities (the collectors: collect+gpu).
+                out[pid] = ident if out.get(pid) in (None, "server") else "+".join(sorted({*out[pid].split("+"), ident}))
             except (OSError, ValueError, KeyError):
                 continue
         return out
