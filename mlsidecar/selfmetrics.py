@@ -106,7 +106,11 @@ class SelfMetrics:
             if isinstance(st.get("pid"), int) and identity != self.server_identity:
                 pids[identity] = st["pid"]
         cpu, rss, fds = [], [], []
+        seen: set[int] = set()
         for identity in sorted(pids):
+            if pids[identity] in seen:
+                continue  # one process, several identities (the collectors: "collect" and "gpu")
+            seen.add(pids[identity])
             r = self._read(pids[identity])
             if r is None:
                 continue
