@@ -148,7 +148,7 @@ class Sidecar(Contender):
 
         if self.daemon.proc is None:
             return {}
-        out = {pid: "server" for pid in process_tree(self.daemon.proc.pid)}  # the one without a status file
+        out = dict.fromkeys(process_tree(self.daemon.proc.pid), "server")  # the one without a status file
         out[self.daemon.proc.pid] = "supervisor"
         status = os.path.join(self.daemon.state_dir, "status")
         for fn in os.listdir(status) if os.path.isdir(status) else []:
@@ -157,7 +157,8 @@ class Sidecar(Contender):
                     st = orjson.loads(fh.read())
                 pid, ident = int(st["pid"]), st.get("identity", fn[:-5])
                 # One process may write as several identities (the collectors: collect+gpu).
-                out[pid] = ident if out.get(pid) in (None, "server") else "+".join(sorted({*out[pid].split("+"), ident}))
+                known = out.get(pid)
+                out[pid] = ident if known in (None, "server") else "+".join(sorted({*known.split("+"), ident}))
             except (OSError, ValueError, KeyError):
                 continue
         return out

@@ -126,7 +126,7 @@ def main() -> int:
                     [spy, "record", "--pid", str(p), "--duration", str(int(args.duration)), "--rate", str(args.hz),
                      "--nonblocking", "--format", "raw", "--output", out],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-            for p, (_, proc) in spies.items():
+            for _out, proc in spies.values():
                 proc.wait(args.duration + 60)
         else:
             print("py-spy not found (pip install py-spy): CPU time only")
