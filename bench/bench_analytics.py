@@ -21,9 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import orjson  # noqa: E402
-
 from dataclasses import replace  # noqa: E402
+
+import orjson  # noqa: E402
 
 from mlsidecar.analytics import engine  # noqa: E402
 from mlsidecar.analytics.settings import AnalyticsSettings  # noqa: E402

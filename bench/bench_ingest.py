@@ -35,8 +35,20 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.common import (BENCH, Daemon, append_file, cached_log, fmt_rate, fmt_s, free_port,  # noqa: E402
-                          http_get, sample_sum, table, wait_for, wait_sum)
+from bench.common import (  # noqa: E402
+    BENCH,
+    Daemon,
+    append_file,
+    cached_log,
+    fmt_rate,
+    fmt_s,
+    free_port,
+    http_get,
+    sample_sum,
+    table,
+    wait_for,
+    wait_sum,
+)
 
 MTAIL = "/usr/bin/mtail"
 PRED = "ml_predictions_total"

@@ -34,8 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from bench.common import (Daemon, append_file, cached_log, count_samples, fmt_s, http_get,  # noqa: E402
-                          sample_sum, table)
+from bench.common import Daemon, append_file, cached_log, count_samples, fmt_s, http_get, sample_sum, table  # noqa: E402
 
 HIST_SAMPLES = 15  # 12 buckets + +Inf, _count, _sum
 

@@ -99,10 +99,12 @@ def main() -> int:
         blocked = p999 > args.max_send_ms
         failed = not exact or blocked
         print(table(["sends", "seconds", "delivered", "refused (EAGAIN)", "accepted", "dropped (backpressure)",
-                     "accepted/s", "dropped/s", "sends/s", "p99 send", "p99.9 send", "sends > 1 ms", "slowest send", "exact"],
+                     "accepted/s", "dropped/s", "sends/s", "p99 send", "p99.9 send", "sends > 1 ms",
+                     "slowest send", "exact"],
                     [[f"{i:,}", f"{elapsed:.2f}", f"{sent:,}", f"{refused:,}", f"{accepted:,.0f}",
                       f"{dropped:,.0f}", f"{accepted / elapsed:,.0f}", f"{dropped / elapsed:,.0f}",
-                      f"{i / elapsed:,.0f}", f"{p99:.1f} us", f"{p999 * 1000:.1f} us", f"{over_1ms:,}", f"{slowest:.2f} ms",
+                      f"{i / elapsed:,.0f}", f"{p99:.1f} us", f"{p999 * 1000:.1f} us", f"{over_1ms:,}",
+                      f"{slowest:.2f} ms",
                       "ok" if exact else f"FAIL ({accepted:,.0f}+{dropped:,.0f} != {sent:,})"]]))
         print(f"\nworkload never blocked (p99.9 send {p999 * 1000:.1f} us <= {args.max_send_ms} ms; "
               f"slowest {slowest:.2f} ms, {over_1ms} sends over 1 ms): {'yes' if not blocked else 'NO (FAIL)'}")

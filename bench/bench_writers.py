@@ -40,8 +40,9 @@ def _line(i: int, size: int) -> bytes:
 
 
 def _writer(mode: str, path: str, lines: int, size: int, start_at: float, out) -> None:
-    from mlsidecar.client import EventClient
     import resource
+
+    from mlsidecar.client import EventClient
     data = _line(os.getpid(), size)
     times = []
     waited = 0  # writes during which the process slept (a voluntary context switch): it was blocked

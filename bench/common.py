@@ -78,7 +78,7 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0, wait: bool = True) -> "Daemon":
+    def start(self, timeout: float = 30.0, wait: bool = True) -> Daemon:
         cmd = [sys.executable, "-m", "mlsidecar", "run", "--listen", f"127.0.0.1:{self.port}",
                "--state-dir", self.state_dir, "--log-level", "warning", *self.args]
         if self.config:

@@ -28,8 +28,13 @@ if not single:
     os.makedirs(mp_dir, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
-from prometheus_client import REGISTRY  # noqa: E402
+from prometheus_client import (  # noqa: E402
+    REGISTRY,  # noqa: E402
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 
 LATENCY = (.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -57,7 +62,7 @@ if follow_port is not None:
     from prometheus_client import start_http_server
 
     start_http_server(follow_port, addr="127.0.0.1")
-    with open(log_path, "r", encoding="utf-8") as fh:
+    with open(log_path, encoding="utf-8") as fh:
         partial = ""
         while True:
             line = fh.readline()
@@ -71,7 +76,7 @@ if follow_port is not None:
             partial = ""
 
 t0 = time.perf_counter()
-with open(log_path, "r", encoding="utf-8") as fh:
+with open(log_path, encoding="utf-8") as fh:
     for line in fh:
         ev = json.loads(line)
         if ev.get("event") != "prediction":

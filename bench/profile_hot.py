@@ -29,8 +29,9 @@ def top(prof: cProfile.Profile, n: int) -> str:
     total = sum(v[2] for v in st.stats.values()) or 1.0
     rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
     out = []
-    for (fname, line, func), (cc, nc, tt, ct, _callers) in rows:
-        where = f"{os.path.relpath(fname, common.REPO) if fname.startswith(str(common.REPO)) else os.path.basename(fname)}:{line}"
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in rows:
+        inside = fname.startswith(str(common.REPO))
+        where = f"{os.path.relpath(fname, common.REPO) if inside else os.path.basename(fname)}:{line}"
         out.append([f"{100 * tt / total:.1f}%", f"{100 * ct / total:.1f}%", f"{nc:,}", f"{func} ({where})"])
     return common.table(["own time", "incl. callees", "calls", "function"], out)
 
