@@ -537,6 +537,8 @@ class Tailer:
             fd = os.dup(out.fileno())
             out.close()
             return fd
+        except FileNotFoundError:
+            return None  # renamed or removed by logrotate since it was listed: looked for again
         except (OSError, EOFError, lzma.LZMAError) as exc:
             log.warning("cannot read %s: %s", name, exc)
             return None
