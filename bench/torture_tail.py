@@ -258,16 +258,16 @@ def torture(mode: str, opts: Options, work: str, log=print) -> dict:
     ok = ok and rejected == 0  # every line written is valid: a rejected one was read torn
     return {"mode": mode, "seconds": opts.seconds, "written": w.written, "counted": got, "kills": kills,
             "bursts": bursts, "rotations": rotations, "rotations_down": rotations_down,
-            "rot_errors": rot_errors, "rejected": rejected, "gaps": gaps, "ok": ok, "on_disk": on_disk, "log": d.log_path,
-            "work": run}
+            "rot_errors": rot_errors, "rejected": rejected, "gaps": gaps, "ok": ok, "on_disk": on_disk,
+            "log": d.log_path, "work": run}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=120.0, help="seconds in all (split over the modes)")
     ap.add_argument("--mode", default="all",
-                    help="all (every mode), both (create and copytruncate), or modes joined by commas: "
-                    + ", ".join(MODES))
+                    help="all (every mode), both (create and copytruncate), or modes joined by "
+                    "commas: " + ", ".join(MODES))
     ap.add_argument("--rate", type=int, default=2500, help="lines per second the writer appends")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--keep", type=int, default=1000, help="logrotate 'rotate' count")

@@ -28,9 +28,9 @@ import logging
 import math
 import os
 import shutil
-from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
 import struct
 import time
+from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
 from collections.abc import Iterator
 from typing import Any
 
@@ -417,7 +417,7 @@ class SeriesWriter:
             self._pending[(name, keys[0])] = (value, now)
 
     # --- updates ------------------------------------------------------------
-    def apply(self, batch: "Batch", now: float | None = None) -> None:
+    def apply(self, batch: Batch, now: float | None = None) -> None:
         """Fold a batch of deltas into the absolute values and stage the writes."""
         now = time.time() if now is None else now
         values = self.values

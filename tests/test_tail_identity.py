@@ -246,60 +246,64 @@ def test_random_rotations_and_crashes_count_every_line_once(tmp_path, mode):
     older one) in fast succession: inode numbers are reused and every file time falls within
     a second. Every line is counted exactly once (what a crash loses since the last flush is
     read again, as the worker does with its journal)."""
+    for run in range(4):
+        d = tmp_path / f"{mode}-{run}"
+        d.mkdir()
+        _random_run(d, mode, run)
+
+
+def _random_run(d, mode: str, run: int) -> None:
     import collections
     import random
 
-    for run in range(4):
-        rng = random.Random(run)
-        d = tmp_path / f"{mode}-{run}"
-        d.mkdir()
-        path = str(d / "app.jsonl")
-        open(path, "wb").close()
-        t = Tailer([path], watch="poll")
-        counted, pending = collections.Counter(), collections.Counter()
+    rng = random.Random(run)
+    path = str(d / "app.jsonl")
+    open(path, "wb").close()
+    t = Tailer([path], watch="poll")
+    counted, pending = collections.Counter(), collections.Counter()
+    flushed = (t.positions(), t.listed_at)
+    seq, down = 0, False
+
+    def drain():
+        t.scan()
+        for _ in range(5):
+            for tf in t.readable():
+                for x in t.read(tf):
+                    pending[int(x.rsplit(b":", 1)[1].rstrip(b"}"))] += 1
+
+    def flush():
+        nonlocal flushed
         flushed = (t.positions(), t.listed_at)
-        seq, down = 0, False
+        counted.update(pending)
+        pending.clear()
 
-        def drain():
-            t.scan()
-            for _ in range(5):
-                for tf in t.readable():
-                    for x in t.read(tf):
-                        pending[int(x.rsplit(b":", 1)[1].rstrip(b"}"))] += 1
-
-        def flush():
-            nonlocal flushed
-            flushed = (t.positions(), t.listed_at)
-            counted.update(pending)
+    for _ in range(250):
+        r = rng.random()
+        if r < 0.5:
+            n = rng.randint(1, 30)
+            write(path, range(seq, seq + n))
+            seq += n
+        elif r < 0.65:
+            _rotate(str(d), "app.jsonl", mode)
+        elif r < 0.8 and not down:
+            if r < 0.75:
+                flush()
+            t.stop()  # SIGKILL: what was read since the last flush is not counted
             pending.clear()
-
-        for _ in range(250):
-            r = rng.random()
-            if r < 0.5:
-                n = rng.randint(1, 30)
-                write(path, range(seq, seq + n))
-                seq += n
-            elif r < 0.65:
-                _rotate(str(d), "app.jsonl", mode)
-            elif r < 0.8 and not down:
-                if r < 0.75:
-                    flush()
-                t.stop()  # SIGKILL: what was read since the last flush is not counted
-                pending.clear()
-                down = True
-            elif r < 0.9 and down:
-                t = Tailer([path], positions=flushed[0], saved_at=flushed[1], watch="poll")
-                down = False
-            if not down and rng.random() < 0.7:
-                drain()
-                if rng.random() < 0.5:
-                    flush()
-        if down:
+            down = True
+        elif r < 0.9 and down:
             t = Tailer([path], positions=flushed[0], saved_at=flushed[1], watch="poll")
-        for _ in range(3):
+            down = False
+        if not down and rng.random() < 0.7:
             drain()
-        flush()
-        t.stop()
-        twice = sorted(q for q, c in counted.items() if c > 1)
-        assert not twice, f"run {run}: {len(twice)} lines counted twice, first {twice[:5]}"
-        assert len(counted) == seq, f"run {run}: {seq - len(counted)} of {seq} lines lost"
+            if rng.random() < 0.5:
+                flush()
+    if down:
+        t = Tailer([path], positions=flushed[0], saved_at=flushed[1], watch="poll")
+    for _ in range(3):
+        drain()
+    flush()
+    t.stop()
+    twice = sorted(q for q, c in counted.items() if c > 1)
+    assert not twice, f"run {run}: {len(twice)} lines counted twice, first {twice[:5]}"
+    assert len(counted) == seq, f"run {run}: {seq - len(counted)} of {seq} lines lost"

@@ -192,7 +192,7 @@ class SocketLedger:
 
     _PAIR = struct.Struct("qq")
 
-    def __init__(self, state: "StateDir", identity: str):
+    def __init__(self, state: StateDir, identity: str):
         self.dir = state.journals
         self.identity = identity
         self._maps: dict[str, mmap.mmap] = {}

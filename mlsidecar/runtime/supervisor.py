@@ -28,9 +28,8 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 
-from .. import __version__
+from .. import __version__, cost, impact
 from .. import catalogue as C
-from .. import cost, impact
 from ..config import Config, ConfigError
 from ..logs import RateLimitedLog
 from ..store import SeriesWriter

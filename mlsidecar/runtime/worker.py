@@ -20,7 +20,7 @@ import orjson
 from .. import catalogue as C
 from .. import events
 from ..config import Config
-from ..events import OVERSIZED, NOT_OBJECT, Rejected, parse_line
+from ..events import NOT_OBJECT, OVERSIZED, Rejected, parse_line
 from ..logs import RateLimitedLog
 from ..mapping import Mapper
 from ..store import FAULT_POSITIONS, FAULT_WRITE, Batch, SeriesWriter, StateWriteError

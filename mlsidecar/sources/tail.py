@@ -83,7 +83,7 @@ class Identity:
     mtime: float = 0.0  # the file's mtime when last seen unchanged: its copies are not older
 
     @classmethod
-    def from_position(cls, pos: dict) -> "Identity":
+    def from_position(cls, pos: dict) -> Identity:
         if "head" in pos:
             head, tail = base64.b64decode(pos["head"]), base64.b64decode(pos.get("tail", ""))
         else:  # positions written by an older version: hex, 64 bytes
