@@ -200,7 +200,7 @@ class SeriesWriter:
         # Keys written under other static labels (config changed) move to the current ones.
         current = {k for keys in self._keys.values() for k in keys}
         moved = False
-        for name, key, ts in loaded:
+        for name, key, _ts in loaded:
             if key not in current:
                 self._file(name).write_value(key, 0.0, -1.0)
                 moved = True

@@ -17,8 +17,7 @@ import threading
 import time
 
 from .. import catalogue as C
-from .. import collectors
-from .. import cost
+from .. import collectors, cost
 from ..config import Config
 from ..logs import RateLimitedLog
 from .state import StateDir

@@ -37,7 +37,7 @@ class Notifier:
         self._warned = False
 
     @classmethod
-    def from_env(cls, environ=None) -> "Notifier | None":
+    def from_env(cls, environ=None) -> Notifier | None:
         """A notifier for ``$NOTIFY_SOCKET``, or None when not started by systemd's Type=notify.
 
         ``WATCHDOG_PID``, when set, must be our pid: the watchdog is meant for another

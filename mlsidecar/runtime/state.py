@@ -91,7 +91,7 @@ class StateDir:
         return out
 
     def read_statuses(self) -> dict[str, dict]:
-        out = {}
+        out: dict[str, dict] = {}
         try:
             names = os.listdir(self.statuses)
         except FileNotFoundError:

@@ -54,7 +54,7 @@ class WorkerSpec:
 @dataclass
 class Worker:
     spec: WorkerSpec
-    process: multiprocessing.Process | None = None
+    process: multiprocessing.process.BaseProcess | None = None
     started: float = 0.0
     failures: int = 0
     restart_at: float | None = None
@@ -113,6 +113,8 @@ def _worker_main(spec: WorkerSpec, cfg: Config, sock: socket.socket | None, expe
     if spec.role == "server":
         from ..server import run_server
 
+        if sock is None:
+            raise RuntimeError("the server worker is started with the listening socket")
         run_server(cfg, sock, expected)
         return
     if sock is not None:
@@ -155,6 +157,13 @@ class Supervisor:
         self.writer: SeriesWriter | None = None
         self._state_log = RateLimitedLog(log, interval=60.0)
 
+    @property
+    def series(self) -> SeriesWriter:
+        """The supervisor's own series (mlsidecar_worker_*, build info, cost and impact config)."""
+        if self.writer is None:
+            raise RuntimeError("the supervisor's writer is opened by start()")
+        return self.writer
+
     # --- signals ------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
         if signum == signal.SIGHUP:
@@ -179,14 +188,14 @@ class Supervisor:
     def _open_writer(self, specs: list[WorkerSpec]) -> None:
         """The supervisor's own series (opened again on reload: static labels may change)."""
         if self.writer is not None:
-            self.writer.close()
+            self.series.close()
         self.writer = SeriesWriter(self.state.metrics, "supervisor",
                                    static_labels=self.cfg.static_labels())
-        for kind, _message in self.writer.faults:
-            self.writer.inc(C.STATE_FAULTS, ("supervisor", kind))
-        self.writer.set_gauge(C.BUILD_INFO, (__version__, platform.python_version()), 1)
+        for kind, _message in self.series.faults:
+            self.series.inc(C.STATE_FAULTS, ("supervisor", kind))
+        self.series.set_gauge(C.BUILD_INFO, (__version__, platform.python_version()), 1)
         for spec in specs:
-            self.writer.inc(C.WORKER_RESTARTS, (spec.identity,), 0)
+            self.series.inc(C.WORKER_RESTARTS, (spec.identity,), 0)
         # Currency, prices and budgets from [cost]: what the cost rules and dashboards divide by.
         cost.export_config(self.writer, self.cfg.cost)
         # Per-model criticality, revenue, users and the severity/health weights from [impact].
@@ -197,7 +206,7 @@ class Supervisor:
         """Write the supervisor's own series; a state dir that refuses is logged, not fatal:
         the supervisor must outlive a full or read-only disk to restart the workers after it."""
         try:
-            self.writer.flush()
+            self.series.flush()
         except OSError as exc:
             self._state_log.warning("flush", "cannot write the supervisor's series: %s", exc)
 
@@ -216,7 +225,7 @@ class Supervisor:
         w.process = p
         w.started = time.monotonic()
         w.restart_at = None
-        self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 1)
+        self.series.set_gauge(C.WORKER_UP, (w.spec.identity,), 1)
         self._flush()
         log.info("started %s (pid %d)", w.spec.identity, p.pid)
 
@@ -274,11 +283,11 @@ class Supervisor:
                             w.spec.identity, code, ran, delay)
                 w.process = None
                 w.restart_at = now + delay
-                self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
+                self.series.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
                 self._flush()
             if w.process is None and w.restart_at is not None and now >= w.restart_at:
                 w.restarts += 1
-                self.writer.inc(C.WORKER_RESTARTS, (w.spec.identity,))
+                self.series.inc(C.WORKER_RESTARTS, (w.spec.identity,))
                 self._spawn(w)
 
     def reload(self) -> None:
@@ -304,7 +313,7 @@ class Supervisor:
                           server=replace(new.server, listen=self.cfg.server.listen))
         log.info("SIGHUP: config reloaded from %s; restarting workers", self.config_path)
         self._stop_workers(list(self.workers.values()))
-        self._stop_workers([self.server])
+        self._stop_workers([self.server] if self.server else [])
         self.cfg = new
         self.workers = {}
         specs = plan(self.cfg)
@@ -341,9 +350,9 @@ class Supervisor:
         if self.server is not None:
             self._stop_workers([self.server])
         for w in self._all():
-            self.writer.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
+            self.series.set_gauge(C.WORKER_UP, (w.spec.identity,), 0)
         self._flush()
-        self.writer.close()
+        self.series.close()
         if self.notify is not None:
             self.notify.stopping()
         log.info("stopped")

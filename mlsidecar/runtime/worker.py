@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import traceback
 
@@ -42,15 +43,16 @@ class Stop:
 
     def __init__(self) -> None:
         self.requested = False
+        # The event the worker's loop waits on; a worker hands in its own (the tailer's, the
+        # socket reader's) so that a SIGTERM ends the wait at once.
+        self.wake = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._set)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads, not us
 
-    def _set(self, signum, frame) -> None:
+    def _set(self, signum: int, frame: object) -> None:
         self.requested = True
-        wake = getattr(self, "wake", None)
-        if wake is not None:
-            wake.set()
+        self.wake.set()
 
 
 def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = True) -> SeriesWriter:
