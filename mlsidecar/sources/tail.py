@@ -38,7 +38,12 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
 COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by more than this
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 BOM = b"\xef\xbb\xbf"
-DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 # logrotate's own side files: a backup of a rotated file it found in the way, temporaries.
 NOT_GENERATIONS = (".backup", ".tmp", ".swp")
@@ -213,7 +218,7 @@ class Tailer:
         self.wake = threading.Event()
         self.rescan = True
         self.watch_mode = "poll"
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._saved: list[Identity] = []
         for pos in (positions or {}).values():
             try:
@@ -324,9 +329,9 @@ class Tailer:
             self._read_unseen(sorted(set(changed)), since)
         at_end, self._start_at_end = self._start_at_end, False
         for path in sorted(matched - set(self.files)):
-            tf = self._open(path)
-            if tf is not None and at_end:
-                self._skip_to_end(tf)
+            opened = self._open(path)
+            if opened is not None and at_end:
+                self._skip_to_end(opened)
         self.listed_at = started
 
     def _skip_to_end(self, tf: TailedFile) -> None:
@@ -543,7 +548,7 @@ class Tailer:
             log.warning("cannot read %s: %s", name, exc)
             return None
 
-    def _read_unseen(self, paths: list[str], since: float, saved: list[Identity] = ()) -> None:
+    def _read_unseen(self, paths: list[str], since: float, saved: Sequence[Identity] = ()) -> None:
         """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
         that are neither open nor a compressed copy of a file we know (open, or ``saved``).
 
@@ -593,7 +598,7 @@ class Tailer:
         logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
         truncate is seen, and are open by then.
         """
-        found = []
+        found: list[tuple[float, str, int | None]] = []
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
