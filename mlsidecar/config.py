@@ -56,6 +56,7 @@ class SourcesConfig:
     socket_buffer_bytes: int = 8 * 1024 * 1024
     max_line_bytes: int = 256 * 1024
     watch: str = "auto"
+    follow_symlinked_dirs: bool = False
     poll_interval: float = 1.0
     flush_interval: float = 0.25
 
@@ -281,6 +282,7 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
         socket_buffer_bytes=s.positive("socket_buffer_bytes", int, 8 * 1024 * 1024),
         max_line_bytes=s.positive("max_line_bytes", int, 256 * 1024),
         watch=watch,
+        follow_symlinked_dirs=s.get("follow_symlinked_dirs", bool, False),
         poll_interval=s.positive("poll_interval", float, 1.0),
         flush_interval=s.positive("flush_interval", float, 0.25),
     )

@@ -38,6 +38,19 @@ GAUGE_REFRESH = 60.0  # an unchanged gauge is written again this often (it must 
 IDLE_TICK = 1.0  # seconds between analytics ticks with nothing read (windows expire; nothing is new)
 
 
+PREVIEW_BYTES = 32
+
+
+def preview(line: bytes) -> str:
+    """What a log line may show of a workload's line: a short, escaped prefix and its length.
+
+    Event lines can carry what must not reach a log pipeline (a token, a password hash in a
+    line that was never meant for us); the reason and the length are what an operator needs.
+    """
+    head = repr(bytes(line[:PREVIEW_BYTES]))
+    return f"{head}{'...' if len(line) > PREVIEW_BYTES else ''} ({len(line)} bytes)"
+
+
 class Stop:
     """Set by SIGTERM/SIGINT: finish the chunk in hand, flush, exit."""
 
@@ -179,15 +192,15 @@ class Ingest:
                     parse_line(line)
                 except Rejected as r:
                     reasons[r.reason] = reasons.get(r.reason, 0) + 1
-                    self.rejects.warning(r.reason, "%s: rejected line (%s): %.200r", source, r, line)
+                    self.rejects.warning(r.reason, "%s: rejected line (%s): %s", source, r, preview(line))
                 continue
             except Rejected as r:
                 reasons[r.reason] = reasons.get(r.reason, 0) + 1
-                self.rejects.warning(r.reason, "%s: rejected event (%s): %.200r", source, r, line)
+                self.rejects.warning(r.reason, "%s: rejected event (%s): %s", source, r, preview(line))
                 continue
             except Exception:  # noqa: BLE001 - a bug of ours must not stop the stream
                 reasons[INTERNAL] = reasons.get(INTERNAL, 0) + 1
-                self.rejects.warning(INTERNAL, "%s: internal error on %.200r\n%s", source, line,
+                self.rejects.warning(INTERNAL, "%s: internal error on %s\n%s", source, preview(line),
                                      traceback.format_exc())
                 continue
             kinds[kind] = kinds.get(kind, 0) + 1
@@ -246,7 +259,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
 
     tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
                     saved_at=journal.get("time", 0.0), start_at_end=positions_lost,
-                    watch=cfg.sources.watch, on_oversized=oversized_sources.append, on_gap=on_gap)
+                    watch=cfg.sources.watch, on_oversized=oversized_sources.append, on_gap=on_gap,
+                    follow_symlinked_dirs=cfg.sources.follow_symlinked_dirs)
     stop.wake = tailer.wake
     flush_every = cfg.sources.flush_interval
     poll = cfg.sources.poll_interval

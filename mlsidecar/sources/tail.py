@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import base64
 import bz2
+import errno
 import glob
 import gzip
 import logging
 import lzma
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -44,6 +46,24 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
+
+
+def open_regular(name: str) -> int:
+    """A read descriptor on ``name``, which must be a regular file and not a symlink.
+
+    Opened non-blocking and checked on the descriptor itself: a FIFO swapped in between a
+    look and the open would otherwise block the worker for ever in open(), and a check of
+    the name before the open (isfile) races with the swap.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +228,15 @@ class Tailer:
 
     def __init__(self, patterns: list[str], *, max_line_bytes: int = 256 * 1024,
                  positions: dict | None = None, saved_at: float = 0.0, watch: str = "auto",
-                 on_oversized=None, on_gap=None, start_at_end: bool = False):
+                 on_oversized=None, on_gap=None, start_at_end: bool = False,
+                 follow_symlinked_dirs: bool = False):
         self.patterns = list(patterns)
+        self.follow_symlinked_dirs = follow_symlinked_dirs
+        self._warned: set[tuple[str, str]] = set()  # (path, what): each said once, not every scan
+        for pattern in self.patterns:
+            if not glob.has_magic(pattern) and os.path.isdir(pattern):
+                log.warning("%s is a directory, not a file: nothing is tailed there (give a file, "
+                            "or a glob such as %s)", pattern, os.path.join(pattern, "*.jsonl"))
         self.max_line_bytes = max_line_bytes
         self.files: dict[str, TailedFile] = {}
         self.retired: list[TailedFile] = []  # rotated away, being drained
@@ -293,10 +320,34 @@ class Tailer:
         paths: set[str] = set()
         for pattern in self.patterns:
             if glob.has_magic(pattern):
-                paths.update(p for p in glob.glob(pattern) if os.path.isfile(p))
+                paths.update(p for p in glob.glob(pattern)
+                             if os.path.isfile(p) and not self._through_symlinked_dir(pattern, p))
             elif os.path.isfile(pattern):
                 paths.add(pattern)
         return sorted(paths)
+
+    def _through_symlinked_dir(self, pattern: str, path: str) -> bool:
+        """Whether ``path`` was reached through a symlinked directory that a wildcard matched.
+
+        The part of the pattern before its first wildcard is the user's own choice and may be a
+        link; a directory the wildcard picked may not, unless sources.follow_symlinked_dirs.
+        """
+        if self.follow_symlinked_dirs:
+            return False
+        parts, got = pattern.split(os.sep), path.split(os.sep)
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        for i in range(first, len(got) - 1):
+            d = os.sep.join(got[: i + 1])
+            if os.path.islink(d):
+                self._warn_once(path, "symlinked_dir", "%s is reached through the symlinked directory "
+                                "%s: skipped (set sources.follow_symlinked_dirs to follow it)", path, d)
+                return True
+        return False
+
+    def _warn_once(self, path: str, what: str, msg: str, *args: object) -> None:
+        if (path, what) not in self._warned:
+            self._warned.add((path, what))
+            log.warning(msg, *args)
 
     def scan(self) -> None:
         """Open new files, notice rotations, truncations and deletions."""
@@ -362,12 +413,14 @@ class Tailer:
 
     def _open(self, path: str, offset: int = 0, name: str = "") -> TailedFile | None:
         try:
-            fd = os.open(name or path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_regular(name or path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot open %s: %s", name or path, exc)
+            # Said once per path and reason (a refused symlink stays refused at every scan).
+            self._warn_once(name or path, f"open:{exc.errno}", "cannot open %s: %s", name or path, exc)
             return None
+        self._warned = {w for w in self._warned if w[0] != (name or path)}  # may say it again later
         tf = TailedFile(path, fd, os.fstat(fd), offset, name)
         self.files[path] = tf
         return tf
@@ -428,8 +481,7 @@ class Tailer:
         compressed = name.endswith(COMPRESSED)
         try:
             physical = os.stat(name)
-            fd = self._open_sibling(name) if compressed else \
-                os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self._open_sibling(name) if compressed else open_regular(name)
         except OSError:
             return None
         if fd is None:
@@ -535,7 +587,7 @@ class Tailer:
             if opener is None:
                 if name.endswith(COMPRESSED):
                     return None
-                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                return open_regular(name)
             out = tempfile.TemporaryFile(prefix="mlsidecar-decompressed-")
             with opener(name, "rb") as src:
                 shutil.copyfileobj(src, out, READ_BYTES)
