@@ -307,3 +307,43 @@ def _random_run(d, mode: str, run: int) -> None:
     twice = sorted(q for q, c in counted.items() if c > 1)
     assert not twice, f"run {run}: {len(twice)} lines counted twice, first {twice[:5]}"
     assert len(counted) == seq, f"run {run}: {seq - len(counted)} of {seq} lines lost"
+
+
+def test_copy_renamed_by_logrotate_while_looked_for_is_still_found(tmp_path):
+    """delaycompress: the file being read when the sidecar went down is .2.gz at the restart, and
+    logrotate shifts every .N.gz to .N+1.gz while the siblings are being decompressed one by one.
+    A name opened after the listing holds another generation by then: the look starts again, so
+    the copy (now .3.gz) is finished and nothing is lost."""
+    d = str(tmp_path)
+    log = os.path.join(d, "app.jsonl")
+    write(log, range(50), "wb")
+    _rotate(d, "app.jsonl", "delaycompress")
+    write(log, range(50, 100))
+    _rotate(d, "app.jsonl", "delaycompress")
+    write(log, range(100, 200))
+    t = Tailer([log], watch="poll")
+    assert drain(t) == list(range(100, 200))
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    os.link(log, keep / "read")  # its inode number is not reused by a new generation
+    gaps = []
+    t2 = restart(t, [log], on_gap=lambda path, reason: gaps.append(reason))
+    write(log, range(200, 260))  # not read before the stop
+    _rotate(d, "app.jsonl", "delaycompress")
+    write(log, range(260, 300))
+    _rotate(d, "app.jsonl", "delaycompress")
+    write(log, range(300, 310))
+    for name, back in (("app.jsonl.4.gz", 3), ("app.jsonl.3.gz", 2)):  # older generations
+        os.utime(os.path.join(d, name), (t.listed_at - back, t.listed_at - back))
+    opened = t2._open_sibling
+    shifted = []
+
+    def open_sibling(name, *args, **kw):
+        if name.endswith(".2.gz") and not shifted:  # logrotate runs again just now
+            shifted.append(name)
+            _rotate(d, "app.jsonl", "delaycompress")
+        return opened(name, *args, **kw)
+
+    t2._open_sibling = open_sibling
+    assert sorted(drain(t2)) == list(range(200, 310))
+    assert shifted and gaps == []

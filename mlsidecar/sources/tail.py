@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
 
 
+class SiblingMoved(Exception):
+    """A rotated sibling's name holds another file than when the directory was listed."""
+
+
 def open_regular(name: str) -> int:
     """A read descriptor on ``name``, which must be a regular file and not a symlink.
 
@@ -533,7 +537,11 @@ class Tailer:
                 compressed_tries += 1
                 if compressed_tries > MAX_COMPRESSED_TRIES:
                     continue
-            fd = self._open_sibling(sibling)
+            try:
+                fd = self._open_sibling(sibling, st)
+            except SiblingMoved:
+                vanished = True
+                continue
             if fd is None:
                 vanished = vanished or not os.path.lexists(sibling)
                 continue
@@ -580,16 +588,28 @@ class Tailer:
             self.on_gap(path, GAP_DELETED)
         return False
 
-    def _open_sibling(self, name: str) -> int | None:
-        """A descriptor on ``name``; for a compressed file, on a private decompressed copy."""
+    def _open_sibling(self, name: str, listed: os.stat_result | None = None) -> int | None:
+        """A descriptor on ``name``; for a compressed file, on a private decompressed copy.
+
+        ``listed``: the file the name had when the directory was listed. logrotate shifts
+        ``.N.gz`` to ``.N+1.gz`` while we look; a name that holds another file by the open
+        raises SiblingMoved (the caller lists again), so a copy is never judged by, nor
+        recorded as, the file that had its name a moment ago.
+        """
         opener = next((o for ext, o in DECOMPRESS.items() if name.endswith(ext)), None)
         try:
+            if opener is None and name.endswith(COMPRESSED):
+                return None
+            raw = open_regular(name)
+            if listed is not None:
+                now = os.fstat(raw)
+                if (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino):
+                    os.close(raw)
+                    raise SiblingMoved(name)
             if opener is None:
-                if name.endswith(COMPRESSED):
-                    return None
-                return open_regular(name)
+                return raw
             out = tempfile.TemporaryFile(prefix="mlsidecar-decompressed-")
-            with opener(name, "rb") as src:
+            with os.fdopen(raw, "rb") as fh, opener(fh, "rb") as src:
                 shutil.copyfileobj(src, out, READ_BYTES)
             fd = os.dup(out.fileno())
             out.close()
@@ -617,20 +637,14 @@ class Tailer:
                     known.add((st.st_dev, st.st_ino))
                 except FileNotFoundError:
                     pass
-                for _mtime, sibling, fd in self._unseen_generations(path, known, since, idents):
+                for _mtime, sibling, fd, orig in self._unseen_generations(path, known, since, idents):
                     if fd is None:
                         vanished = True
                         continue
                     st = os.fstat(fd)
                     tf = TailedFile(path, fd, st, 0, sibling)
                     if sibling.endswith(COMPRESSED):
-                        tf.decompressed = True
-                        try:
-                            orig = os.stat(sibling)
-                        except FileNotFoundError:
-                            os.close(fd)
-                            vanished = True
-                            continue
+                        tf.decompressed = True  # orig: the .gz as listed, checked at the open
                         tf.dev, tf.ino = orig.st_dev, orig.st_ino
                         tf.physical = (orig.st_dev, orig.st_ino)
                         tf.mtime = orig.st_mtime
@@ -641,7 +655,7 @@ class Tailer:
                 return
 
     def _unseen_generations(self, path: str, known: set, since: float,
-                            idents: list[Identity]) -> list[tuple[float, str, int | None]]:
+                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result]]:
         """Rotated siblings written after ``since`` that we never had open, oldest first, each
         with a descriptor on it (None: it vanished or changed name meanwhile; look again).
 
@@ -650,20 +664,24 @@ class Tailer:
         logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
         truncate is seen, and are open by then.
         """
-        found: list[tuple[float, str, int | None]] = []
+        found: list[tuple[float, str, int | None, os.stat_result]] = []
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
-            fd = self._open_sibling(p)
+            try:
+                fd = self._open_sibling(p, st)
+            except SiblingMoved:
+                found.append((st.st_mtime, p, None, st))
+                continue
             if fd is None:
                 if not os.path.lexists(p):
-                    found.append((st.st_mtime, p, None))
+                    found.append((st.st_mtime, p, None, st))
                 continue
             if not p.endswith(COMPRESSED):
                 now = os.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
                     os.close(fd)
-                    found.append((st.st_mtime, p, None))
+                    found.append((st.st_mtime, p, None, st))
                     continue
             else:
                 try:
@@ -674,7 +692,7 @@ class Tailer:
                 if copy:
                     os.close(fd)
                     continue
-            found.append((st.st_mtime, p, fd))
+            found.append((st.st_mtime, p, fd, st))
         found.sort(key=lambda x: x[0])
         return found
 
