@@ -253,7 +253,7 @@ class Summary:
 class ModelComparison:
     __slots__ = ("versions", "baseline", "settled", "published", "summaries")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.versions: dict[str, VersionStats] = {}
         self.baseline: str | None = None
         self.settled = False  # the automatic baseline is kept once results exist
