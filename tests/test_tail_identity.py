@@ -347,3 +347,19 @@ def test_copy_renamed_by_logrotate_while_looked_for_is_still_found(tmp_path):
     t2._open_sibling = open_sibling
     assert sorted(drain(t2)) == list(range(200, 310))
     assert shifted and gaps == []
+
+
+def test_generation_made_and_rotated_while_the_path_was_missing_is_read(tmp_path):
+    """dateext: a look falls between logrotate's rename and its create (no file at the path);
+    before the next look the new file is written and rotated away too. It is read, in order."""
+    log = str(tmp_path / "app.jsonl")
+    write(log, range(10), "wb")
+    t = Tailer([log], watch="poll")
+    assert drain(t) == list(range(10))
+    os.rename(log, log + "-20261201-104914")  # renamed; the new file not created yet
+    assert drain(t) == []
+    write(log, range(10, 30), "wb")
+    os.rename(log, log + "-20261201-104915")
+    write(log, range(30, 33), "wb")
+    assert drain(t) == list(range(10, 33))
+    assert drain(t) == []

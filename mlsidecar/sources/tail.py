@@ -76,6 +76,7 @@ TAIL_BYTES = 1024  # how much before the read position verifies it
 READ_BYTES = 1 << 20
 MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
 COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by more than this
+MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked after this long
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -260,6 +261,10 @@ class Tailer:
         self.listed_at = saved_at or time.time()  # the start of the last look at the directories
         self._start_at_end = start_at_end
         self._changed: set[str] = set()  # truncated since the last scan (found while reading)
+        # Paths gone at a look (logrotate renamed them and had not created the new file yet),
+        # with when they went: a generation created and rotated away before the next look is
+        # only found among the siblings.
+        self._missing: dict[str, float] = {}
         if watch in ("auto", "inotify"):
             self._start_watching(required=watch == "inotify")
 
@@ -373,12 +378,19 @@ class Tailer:
                 del self.files[path]
                 self._retire(tf, path)
                 changed.append(path)
+                if st is None:
+                    self._missing[path] = started
                 log.info("%s rotated; reading the rest of the old file", path)
                 continue
             if not tf.unchanged():
                 self._truncated(tf)
                 changed.append(path)
             tf.size = st.st_size
+        for path, gone_at in list(self._missing.items()):
+            if path in self.files or started - gone_at > MISSING_LOOK:
+                del self._missing[path]
+            else:
+                changed.append(path)
         if changed:
             # Rotated twice since the last look: the middle generation was never seen.
             self._read_unseen(sorted(set(changed)), since)
@@ -387,6 +399,8 @@ class Tailer:
             opened = self._open(path)
             if opened is not None and at_end:
                 self._skip_to_end(opened)
+            if opened is not None:
+                self._missing.pop(path, None)
         self.listed_at = started
 
     def _skip_to_end(self, tf: TailedFile) -> None:
@@ -458,6 +472,8 @@ class Tailer:
             self._finish_from_copy(ident, path, while_down=True)
         # Generations created and rotated away while we were down were never seen.
         self._read_unseen(sorted(rotated), self._saved_at, saved)
+        now = time.time()
+        self._missing.update((p, now) for p in rotated if not os.path.lexists(p))
 
     def _resume_in_place(self, ident: Identity) -> str | None:
         """The saved file is still at its path: go on from the position ("resumed"), or, when
