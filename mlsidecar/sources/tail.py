@@ -501,8 +501,8 @@ class Tailer:
         compressed = name.endswith(COMPRESSED)
         try:
             physical = os.stat(name)
-            fd = self._open_sibling(name) if compressed else open_regular(name)
-        except OSError:
+            fd = self._open_sibling(name, physical) if compressed else open_regular(name)
+        except (OSError, SiblingMoved):  # a .gz renamed over since the stat: not the one read
             return None
         if fd is None:
             return None
