@@ -25,7 +25,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 
 from . import catalogue
 from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS, Family
-from .store import CorruptFile
+from .store import CorruptFile, iter_raw_entries
 from .store import metric_name as metric_key_name
 
 if TYPE_CHECKING:
@@ -80,23 +80,6 @@ def _sample_names(base: str, typ: str) -> tuple[str, ...]:
     return (base,)
 
 
-def _raw_entries(buf: mmap.mmap, start: int, used: int) -> Iterator[tuple[bytes, int]]:
-    """(key bytes, offset of the value) for the entries in ``buf[start:used]``.
-
-    The keys stay bytes: one that is not UTF-8 or not JSON is the reader's to
-    skip, and the entries after it are still served.
-    """
-    pos = start
-    while pos < used:
-        if pos + 4 > used:
-            raise CorruptFile(f"entry header at {pos} runs past {used}")
-        (length,) = _INT.unpack_from(buf, pos)
-        padded = length + (8 - (length + 4) % 8)
-        end = pos + 4 + padded + 16
-        if length <= 0 or end > used:
-            raise CorruptFile(f"entry at {pos} of length {length} runs past {used}")
-        yield bytes(buf[pos + 4:pos + 4 + length]), pos + 4 + padded
-        pos = end
 
 
 def format_value(v: float) -> str:
@@ -225,7 +208,7 @@ class _FileView:
             return False
         if used > self.parsed:
             try:
-                for key, off in _raw_entries(mm, self.parsed, used):
+                for key, off in iter_raw_entries(mm, self.parsed, used):
                     slot = self.reader._slot(self, key)
                     if slot is not None:
                         self.slots.append(slot)

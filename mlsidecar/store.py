@@ -69,8 +69,13 @@ FAULT_WRITE = "write_failed"  # a flush the state dir refused (kept, written aga
 _MAX_FUTURE = 86400.0  # a timestamp further ahead than this is not one we wrote
 
 
-def iter_entries(buf: Any, start: int, used: int) -> Iterator[tuple[str, int]]:
-    """Yield (key, offset of the value) for the entries in ``buf[start:used]``."""
+def iter_raw_entries(buf: Any, start: int, used: int) -> Iterator[tuple[bytes, int]]:
+    """(key bytes, offset of the value) for the entries in ``buf[start:used]``: the one place
+    that walks prometheus_client's entry layout (length, key, padding, value, timestamp).
+
+    The keys stay bytes: one that is not UTF-8 or not JSON is the caller's to skip, and the
+    entries after it are still read.
+    """
     pos = start
     while pos < used:
         if pos + 4 > used:
@@ -80,9 +85,14 @@ def iter_entries(buf: Any, start: int, used: int) -> Iterator[tuple[str, int]]:
         end = pos + 4 + padded + 16
         if length <= 0 or end > used:
             raise CorruptFile(f"entry at {pos} of length {length} runs past {used}")
-        key = bytes(buf[pos + 4:pos + 4 + length]).decode("utf-8")
-        yield key, pos + 4 + padded
+        yield bytes(buf[pos + 4:pos + 4 + length]), pos + 4 + padded
         pos = end
+
+
+def iter_entries(buf: Any, start: int, used: int) -> Iterator[tuple[str, int]]:
+    """Yield (key, offset of the value) for the entries in ``buf[start:used]``."""
+    for key, off in iter_raw_entries(buf, start, used):
+        yield key.decode("utf-8"), off
 
 
 def file_name(family: Family, identity: str) -> str:
