@@ -10,8 +10,21 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from . import catalogue, collectors, cost, impact, usermap
+from .analytics import settings as analytics_settings
+from .analytics.settings import AnalyticsSettings
+from .collectors import CollectorSettings
+from .cost import CostSettings
+from .impact import ImpactSettings
+from .section import ConfigError, Section
+from .usermap import UserMapping
+
+__all__ = ["Config", "ConfigError", "LimitsConfig", "Section", "ServerConfig", "SourcesConfig",
+           "from_dict", "load", "with_overrides"]
 
 DEFAULT_PORT = 9877
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -20,16 +33,6 @@ DEFAULT_STATE_DIR = "/var/lib/mlsidecar"
 # about 2 KiB per series across the worker and the server (docs/operations.md).
 DEFAULT_MAX_SERIES = 6000
 LOG_FORMATS = ("logfmt", "json")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; the message names file and key."""
-
-    def __init__(self, source: str, key: str, problem: str):
-        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
-        self.source = source
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,13 @@ class Config:
     expire: tuple[tuple[str, float], ...] = ()
     metric_prefix: str = ""
     metric_buckets: tuple[float, ...] = ()
-    mappings: tuple[Any, ...] = ()
-    collectors: tuple[tuple[str, Any], ...] = ()
-    analytics: Any = None
-    cost: Any = None
-    impact: Any = None
+    mappings: tuple[UserMapping, ...] = ()
+    collectors: tuple[tuple[str, CollectorSettings], ...] = ()
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
+    impact: ImpactSettings = field(default_factory=ImpactSettings)
 
-    def static_labels(self, environ=os.environ) -> dict[str, str]:
+    def static_labels(self, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         """Config labels plus labels read from the environment (Kubernetes downward API)."""
         out = dict(self.labels)
         for name, var in self.labels_from_env:
@@ -107,63 +110,8 @@ class Config:
         workers = len(dict.fromkeys(self.sources.tail)) + bool(self.sources.socket or self.sources.socket_datagram)
         return max(1, self.limits.max_series // max(1, workers))
 
-    def collector(self, name: str):
+    def collector(self, name: str) -> CollectorSettings | None:
         return dict(self.collectors).get(name)
-
-
-class Section:
-    """Reads one TOML table, type-checking each key and refusing unknown ones."""
-
-    def __init__(self, source: str, prefix: str, data: Any):
-        if not isinstance(data, dict):
-            raise ConfigError(source, prefix, "must be a table")
-        self.source = source
-        self.prefix = prefix
-        self.data = data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), problem)
-
-    def get(self, name: str, kind, default):
-        self.used.add(name)
-        if name not in self.data:
-            return default
-        v = self.data[name]
-        if kind is float and type(v) is int:
-            v = float(v)
-        if kind is tuple:
-            if not isinstance(v, list):
-                raise self.error(name, f"must be a list, got {type(v).__name__}")
-            return tuple(v)
-        if type(v) is not kind:
-            raise self.error(name, f"must be {_kind_name(kind)}, got {type(v).__name__} {v!r}")
-        return v
-
-    def positive(self, name: str, kind, default):
-        v = self.get(name, kind, default)
-        if v <= 0:
-            raise self.error(name, f"must be > 0, got {v}")
-        return v
-
-    def table(self, name: str) -> Section:
-        self.used.add(name)
-        return Section(self.source, self.key(name), self.data.get(name, {}))
-
-    def finish(self) -> None:
-        for k in self.data:
-            if k not in self.used:
-                hint = difflib.get_close_matches(k, sorted(self.used), n=1)
-                extra = f" (did you mean '{self.key(hint[0])}'?)" if hint else ""
-                raise self.error(k, f"unknown key{extra}")
-
-
-def _kind_name(kind) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            dict: "a table"}.get(kind, kind.__name__)
 
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -226,10 +174,8 @@ def load(path: str | None = None) -> Config:
     return from_dict(data, path)
 
 
-def from_dict(data: dict, source: str = "(config)") -> Config:
-    from . import collectors, cost, impact, usermap  # late: they import config
-    from .analytics import settings as analytics_settings
-
+def from_dict(data: dict[str, Any], source: str = "(config)") -> Config:
+    """Validate a parsed TOML document: each table by its part's parser, through one Section."""
     top = Section(source, "", data)
     cfg: dict[str, Any] = {"source": source}
     cfg["state_dir"] = top.get("state_dir", str, DEFAULT_STATE_DIR)
@@ -334,12 +280,11 @@ def from_dict(data: dict, source: str = "(config)") -> Config:
     return Config(**cfg)
 
 
-def _check_expire(source: str, expire: tuple[tuple[str, float], ...], mappings) -> tuple[tuple[str, float], ...]:
+def _check_expire(source: str, expire: tuple[tuple[str, float], ...],
+                  mappings: tuple[UserMapping, ...]) -> tuple[tuple[str, float], ...]:
     """An [expire] entry must name a metric: built in, from a mapping, or (outside the
     reserved ml_/mlsidecar_ prefixes) one that `metric` events may create. A counter may be
     named with or without ``_total``; the family name is returned."""
-    from . import catalogue
-
     catalogue.load_builtins()
     known = set(catalogue.REGISTRY) | {m.name for mp in mappings for m in mp.metrics}
     known |= {n[:-6] for n in known if n.endswith("_total")}
@@ -423,6 +368,5 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         out = replace(out, log_format=flags["log_format"])
     toggles = flags.get("collectors") or {}
     if toggles:
-        from . import collectors
         out = replace(out, collectors=collectors.toggle(out.collectors, toggles))
     return out

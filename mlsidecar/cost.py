@@ -42,6 +42,7 @@ from typing import Any
 
 from . import catalogue as C
 from .catalogue import COUNTER, GAUGE, Family
+from .section import Section
 
 log = logging.getLogger("mlsidecar.cost")
 
@@ -139,9 +140,9 @@ class Prices:
         return self.gpu_hour.get(name, self.default_gpu_hour)
 
 
-def parse(section) -> CostSettings:
-    """Validate the ``[cost]`` table (a config.Section); errors name the key."""
-    def price(sub, name: str) -> float:
+def parse(section: Section) -> CostSettings:
+    """Validate the ``[cost]`` table; errors name the key."""
+    def price(sub: Section, name: str) -> float:
         v = sub.get(name, float, 0.0)
         if not math.isfinite(v) or v < 0:
             raise sub.error(name, f"must be a price >= 0, got {v}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from . import catalogue as C
 from .catalogue import GAUGE, Family
+from .section import Section
 
 SEVERITY_COMPONENTS = ("impact", "urgency", "confidence")
 HEALTH_COMPONENTS = ("infrastructure", "data_quality", "model", "business")
@@ -71,7 +72,8 @@ class ImpactSettings:
     configured: bool = False
 
 
-def _weights(section, name: str, components: tuple[str, ...], default) -> tuple[tuple[str, float], ...]:
+def _weights(section: Section, name: str, components: tuple[str, ...],
+             default: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
     if name not in section.data:
         section.used.add(name)
         return default
@@ -89,8 +91,8 @@ def _weights(section, name: str, components: tuple[str, ...], default) -> tuple[
     return tuple(out)
 
 
-def parse(section) -> ImpactSettings:
-    """Validate the ``[impact]`` table (a config.Section); errors name the key."""
+def parse(section: Section) -> ImpactSettings:
+    """Validate the ``[impact]`` table; errors name the key."""
     configured = bool(section.data)
     sev = _weights(section, "severity_weights", SEVERITY_COMPONENTS, DEFAULT_SEVERITY_WEIGHTS)
     health = _weights(section, "health_weights", HEALTH_COMPONENTS, DEFAULT_HEALTH_WEIGHTS)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .events import DEFAULT_LABEL_LENGTH, MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
+from .section import Section
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -111,14 +112,12 @@ class UserMapping:
         return True
 
 
-def parse(top, key: str) -> tuple[UserMapping, ...]:
+def parse(top: Section, key: str) -> tuple[UserMapping, ...]:
     """Validate the ``[[mappings]]`` array of tables."""
     top.used.add(key)
     raw = top.data.get(key, [])
     if not isinstance(raw, list):
         raise top.error(key, "must be an array of tables ([[mappings]])")
-    from .config import Section  # late: config imports this module
-
     out = []
     taken: dict[str, tuple[str, str]] = {}  # exposed name -> (metric, type), over all mappings
     for i, item in enumerate(raw):

@@ -56,7 +56,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ConfigError
+from .section import ConfigError
 
 AUTH_CACHE_SECONDS = 60.0
 AUTH_CACHE_SIZE = 1024

@@ -82,6 +82,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..section import N, Section
+
 MAX_WINDOW = 1_000_000
 MAX_DRIFT_WINDOW = 100_000
 
@@ -205,21 +207,21 @@ class AnalyticsSettings:
         return None
 
 
-def _bounded(section, name: str, kind, default, maximum):
+def _bounded(section: Section, name: str, kind: type[N], default: N, maximum: N) -> N:
     v = section.positive(name, kind, default)
     if v > maximum:
         raise section.error(name, f"must be <= {maximum}, got {v}")
     return v
 
 
-def _non_negative(section, name: str, kind, default):
+def _non_negative(section: Section, name: str, kind: type[N], default: N) -> N:
     v = section.get(name, kind, default)
     if v < 0:
         raise section.error(name, f"must be >= 0, got {v}")
     return v
 
 
-def _features(section) -> tuple[FeatureSpec, ...]:
+def _features(section: Section) -> tuple[FeatureSpec, ...]:
     out = []
     for name in section.data:
         f = section.table(name)
@@ -247,7 +249,7 @@ def _features(section) -> tuple[FeatureSpec, ...]:
     return tuple(out)
 
 
-def _comparison(c) -> ComparisonSettings:
+def _comparison(c: Section) -> ComparisonSettings:
     level = c.get("confidence_level", float, 0.95)
     if not 0.5 <= level < 1.0:
         raise c.error("confidence_level", f"must be >= 0.5 and < 1, got {level}")
@@ -278,7 +280,7 @@ def _comparison(c) -> ComparisonSettings:
     return out
 
 
-def _roc(r) -> RocSettings:
+def _roc(r: Section) -> RocSettings:
     # One class or a list of them ("1" and "true" by default).
     raw = r.data.get("positive_class")
     positive = (raw,) if raw is not None and not isinstance(raw, list) else \
@@ -310,7 +312,7 @@ def _roc(r) -> RocSettings:
     return out
 
 
-def _correlation(c) -> CorrelationSettings:
+def _correlation(c: Section) -> CorrelationSettings:
     features = c.get("features", tuple, ())
     for i, f in enumerate(features):
         if type(f) is not str or not f:
@@ -335,7 +337,7 @@ def _correlation(c) -> CorrelationSettings:
     return out
 
 
-def parse(section) -> AnalyticsSettings:
+def parse(section: Section) -> AnalyticsSettings:
     from . import reference as refmod
 
     s = section

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..section import Section
+
 REGISTRY: dict[str, type[Collector]] = {}
 
 
@@ -27,7 +29,7 @@ class CollectorSettings:
     name: str
     enabled: bool
     interval: float
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Collector:
@@ -76,7 +78,7 @@ def load_all() -> dict[str, type[Collector]]:
     return REGISTRY
 
 
-def parse_config(section) -> tuple[tuple[str, CollectorSettings], ...]:
+def parse_config(section: Section) -> tuple[tuple[str, CollectorSettings], ...]:
     """Validate the ``[collectors.*]`` tables against each collector's options."""
     classes = load_all()
     out = []
@@ -97,7 +99,8 @@ def parse_config(section) -> tuple[tuple[str, CollectorSettings], ...]:
     return tuple(out)
 
 
-def toggle(current, toggles: dict[str, bool]):
+def toggle(current: tuple[tuple[str, CollectorSettings], ...],
+           toggles: dict[str, bool]) -> tuple[tuple[str, CollectorSettings], ...]:
     """Apply --collector.NAME / --no-collector.NAME flags."""
     from dataclasses import replace
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from .. import catalogue as C
 from .. import collectors, cost
@@ -74,9 +75,11 @@ def _collector_loop(identity: str, cfg: Config, names: list[str], stop: Stop, ha
     writer = make_writer(cfg, state, identity, journal=False)
     classes = collectors.load_all()
     errors = RateLimitedLog(log, interval=300.0)
-    items = []
+    items: list[dict[str, Any]] = []
     for name in names:
         settings = cfg.collector(name)
+        if settings is None:
+            raise ValueError(f"no collector {name!r}")
         # The sidecar's sources: the process collector finds the workload by them.
         found_by = {"sources": cfg.sources, "state_dir": cfg.state_dir}
         items.append({"name": name, "obj": classes[name](settings, **{**found_by, **(handles or {})}),
@@ -116,10 +119,9 @@ def _collector_loop(identity: str, cfg: Config, names: list[str], stop: Stop, ha
 
 def _cost_meter(cfg: Config, state: StateDir, identity: str, writer):
     """A CostMeter for this worker's collectors when [cost] sets prices (see mlsidecar/cost.py)."""
-    settings = getattr(cfg, "cost", None)
-    if settings is None or not settings.enabled:
+    if not cfg.cost.enabled:
         return None
-    return cost.CostMeter(settings, writer, cost.state_path(state.root, identity))
+    return cost.CostMeter(cfg.cost, writer, cost.state_path(state.root, identity))
 
 
 def _charge(meter, it: dict, errors: RateLimitedLog) -> None:
