@@ -106,3 +106,26 @@ def test_config_errors_and_sections_are_the_validators():
 
     assert config.ConfigError is section.ConfigError
     assert config.Section is section.Section
+
+
+def test_no_module_sets_another_modules_globals():
+    """Limits are passed to what uses them (the mapper, the analytics engine), never assigned
+    to a module's global (as ``events.MAX_LABEL_LENGTH = ...`` once was)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    found = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), str(path))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported |= {a.asname or a.name for a in node.names}
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in imported \
+                        and t.attr.isupper():
+                    found.append(f"{name}:{node.lineno}: {t.value.id}.{t.attr}")
+    assert found == []
