@@ -285,8 +285,7 @@ def _check_expire(source: str, expire: tuple[tuple[str, float], ...],
     """An [expire] entry must name a metric: built in, from a mapping, or (outside the
     reserved ml_/mlsidecar_ prefixes) one that `metric` events may create. A counter may be
     named with or without ``_total``; the family name is returned."""
-    catalogue.load_builtins()
-    known = set(catalogue.REGISTRY) | {m.name for mp in mappings for m in mp.metrics}
+    known = set(catalogue.builtin()) | {m.name for mp in mappings for m in mp.metrics}
     known |= {n[:-6] for n in known if n.endswith("_total")}
     out = []
     for name, seconds in expire:

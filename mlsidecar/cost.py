@@ -40,7 +40,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import catalogue as C
 from .catalogue import COUNTER, GAUGE, Family
 from .section import Section
 
@@ -58,22 +57,25 @@ _CAPACITY_ALIASES = {
     "standard": "on_demand", "dedicated": "on_demand",
 }
 
-COST_TOTAL = C.register(Family(
+COST_TOTAL = Family(
     "ml_cost_total", COUNTER,
     "What the workload has cost, in the currency of ml_cost_info, by resource (gpu, cpu, memory), "
     "capacity (on_demand, spot) and GPU.", ("resource", "capacity", "gpu", "uuid"),
-    fed_by="gpu and process collectors, [cost] prices"))
-COST_INFO = C.register(Family(
+    fed_by="gpu and process collectors, [cost] prices")
+COST_INFO = Family(
     "ml_cost_info", GAUGE, "Always 1; labels say the currency of ml_cost_total and the node's capacity.",
-    ("currency", "capacity"), fed_by="[cost] config"))
-COST_BUDGET = C.register(Family(
+    ("currency", "capacity"), fed_by="[cost] config")
+COST_BUDGET = Family(
     "ml_cost_budget", GAUGE,
     "Monthly budget, in the currency of ml_cost_info, of a namespace, model, job or pipeline.",
-    ("scope", "name"), fed_by="[cost] config"))
-COST_PRICE = C.register(Family(
+    ("scope", "name"), fed_by="[cost] config")
+COST_PRICE = Family(
     "ml_cost_price_per_hour", GAUGE,
     "Price per hour in effect: per GPU by model name, per CPU core, per GiB of memory (spot factor applied).",
-    ("resource", "gpu_model"), fed_by="[cost] config"))
+    ("resource", "gpu_model"), fed_by="[cost] config")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (COST_TOTAL, COST_INFO, COST_BUDGET, COST_PRICE)
 
 
 class CostConfigError(ValueError):

@@ -7,16 +7,14 @@ A test fails when the committed file differs from this output.
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 
 from . import catalogue
 
 INTRO = """# Metrics
 
 Every metric family mlsidecar can expose. This file is generated from `mlsidecar/catalogue.py` and the
-families the collectors and analytics register (`python -m mlsidecar.docgen > docs/metrics.md`); a
+families the collectors and analytics declare (`python -m mlsidecar.docgen > docs/metrics.md`); a
 test fails when it is out of date.
 
 Every series also carries the static labels of the config (`[labels]`, `[labels_from_env]`).
@@ -49,15 +47,6 @@ SECTIONS = (
 )
 
 
-def load_everything() -> None:
-    """Import every module that registers families."""
-    from . import analytics, collectors, cost, impact, selfmetrics  # noqa: F401  (they register families)
-
-    collectors.load_all()
-    for info in pkgutil.iter_modules(analytics.__path__):
-        importlib.import_module(f"{analytics.__name__}.{info.name}")
-
-
 def _expiry(fam: catalogue.Family) -> str:
     s = fam.expire_after
     if math.isinf(s):
@@ -75,8 +64,7 @@ def section_of(name: str) -> str:
 
 
 def metrics_markdown() -> str:
-    load_everything()
-    fams = sorted((f for f in catalogue.REGISTRY.values() if f.fed_by != "metric"), key=lambda f: f.name)
+    fams = sorted(catalogue.builtin().values(), key=lambda f: f.name)
     out = [INTRO]
     for title, *_ in SECTIONS + (("Other",),):
         rows = [f for f in fams if section_of(f.name) == title]

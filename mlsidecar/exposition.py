@@ -33,7 +33,7 @@ import orjson
 from prometheus_client.utils import floatToGoString
 
 from . import catalogue
-from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS, Family
+from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS, Catalogue, Family
 from .store import CorruptFile, iter_raw_entries
 from .store import metric_name as metric_key_name
 
@@ -103,13 +103,13 @@ def escape_help(v: str) -> str:
     return v.replace("\\", r"\\").replace("\n", r"\n")
 
 
-def unit_of(name: str) -> str:
+def unit_of(name: str, families: Catalogue | None = None) -> str:
     """The catalogue's unit of a family, for OpenMetrics' ``# UNIT`` line.
 
     OpenMetrics wants the name to end in the unit, so a unit the name does not
     end in (none of ours) is left out rather than served wrong.
     """
-    fam = catalogue.REGISTRY.get(name) or catalogue.REGISTRY.get(name + "_total")
+    fam = (families if families is not None else catalogue.builtin()).stored(name)
     unit = fam.unit if fam is not None else ""
     return unit if unit and name.endswith("_" + unit) else ""
 
@@ -239,12 +239,17 @@ class _FileView:
 
 
 class MetricsReader:
-    """Collects every *.db file under some directories into one exposition."""
+    """Collects every *.db file under some directories into one exposition.
+
+    ``families`` is the catalogue of built-in families (:func:`mlsidecar.catalogue.builtin`
+    unless given): their sample names are theirs alone, their units go into OpenMetrics.
+    """
 
     def __init__(self, directories: list[str], clock: Callable[[], float] = time.time,
-                 expiry: dict[str, float] | None = None):
+                 expiry: dict[str, float] | None = None, families: Catalogue | None = None):
+        self.catalogue = families if families is not None else catalogue.builtin()
         self.directories = list(directories)
-        self.expiry = expiry if expiry is not None else catalogue.expiry()
+        self.expiry = expiry if expiry is not None else self.catalogue.expiry()
         self.clock = clock
         self.files: dict[str, _FileView] = {}
         self.families: dict[str, _Family] = {}
@@ -257,7 +262,7 @@ class MetricsReader:
         # Sample name -> (family, type) that writes it: the catalogue's first, so a foreign
         # file can neither change a built-in family's type nor write into the server's own.
         self._claimed: dict[str, tuple[str, str]] = {}
-        for fam in catalogue.REGISTRY.values():
+        for fam in self.catalogue.values():
             base = metric_key_name(fam)
             owner = (SERVER_OWNED, "") if fam.fed_by.startswith("server") or fam.name in _DERIVED_NAMES \
                 else (base, fam.type)
@@ -456,12 +461,11 @@ class MetricsReader:
         out.append("")
         return "\n".join(out)
 
-    @staticmethod
-    def _header(out: list[str], name: str, typ: str, help_text: str, openmetrics: bool) -> None:
+    def _header(self, out: list[str], name: str, typ: str, help_text: str, openmetrics: bool) -> None:
         if openmetrics:
             base = name[:-6] if typ == "counter" and name.endswith("_total") else name
             out.append(f"# TYPE {base} {typ}")
-            unit = unit_of(base)
+            unit = unit_of(base, self.catalogue)
             if unit:
                 out.append(f"# UNIT {base} {unit}")
             out.append(f"# HELP {base} {escape_help(help_text).replace(chr(34), chr(92) + chr(34))}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import catalogue as C
 from .catalogue import GAUGE, Family
 from .section import Section
 
@@ -34,7 +33,7 @@ DEFAULT_HEALTH_WEIGHTS = tuple((c, 0.25) for c in HEALTH_COMPONENTS)
 
 
 def _f(name: str, help_: str, labels: tuple[str, ...]) -> Family:
-    return C.register(Family(name, GAUGE, help_, labels, fed_by="[impact] config"))
+    return Family(name, GAUGE, help_, labels, fed_by="[impact] config")
 
 
 INFO = _f("ml_model_impact_info", "Always 1; labels say whether the model is critical, serves in real "
@@ -50,6 +49,9 @@ USERS = _f("ml_business_active_users", "Active users of this model.", ("model_na
 SEVERITY_WEIGHT = _f("ml_alert_severity_weight", "Weight of a component of Alert_Severity (w1, w2, w3).",
                      ("component",))
 HEALTH_WEIGHT = _f("ml_system_health_weight", "Weight of a component of System_Health.", ("component",))
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (INFO, IMPACT, URGENCY, REVENUE, USERS, SEVERITY_WEIGHT, HEALTH_WEIGHT)
 
 
 @dataclass(frozen=True)

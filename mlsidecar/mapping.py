@@ -24,7 +24,7 @@ from . import catalogue as C
 from . import events
 from .analytics.scores import classification_scores
 from .analytics.window import SlidingRatio
-from .catalogue import Family
+from .catalogue import Catalogue, Family, UserFamilies
 from .events import (
     BAD_NAME,
     INVALID_VALUE,
@@ -67,13 +67,20 @@ class Mapper:
     ``user_mappings`` is a list of :class:`mlsidecar.usermap.UserMapping`;
     ``metric_prefix`` is put in front of the names of ``metric`` events;
     ``analytics`` (optional) sees every accepted event and sets derived gauges.
+
+    ``catalogue`` holds the built-in families (:func:`mlsidecar.catalogue.builtin` unless
+    given); the families of user metrics live in this mapper's own ``user_families``
+    (``restore`` adds those a writer found in its files).
     """
 
     def __init__(self, batch: Batch, *, metric_prefix: str = "", user_mappings=(),
                  metric_buckets: tuple[float, ...] = C.LATENCY_BUCKETS, analytics=None,
                  error_rate_window: float = 300.0, clock: Callable[[], float] = time.time,
                  max_user_metrics: int = 500, max_error_rates: int = 10000,
-                 label_value_length: int = events.DEFAULT_LABEL_LENGTH):
+                 label_value_length: int = events.DEFAULT_LABEL_LENGTH,
+                 catalogue: Catalogue | None = None):
+        self.catalogue = catalogue if catalogue is not None else C.builtin()
+        self.user_families = UserFamilies(self.catalogue)
         self.batch = batch
         self.label_length = label_value_length  # limits.label_value_length
         self.metric_prefix = metric_prefix
@@ -96,7 +103,6 @@ class Mapper:
         self._error_rates_due = 0.0
         self._evict_due = 0.0
         self._error_rates_dirty: set[tuple[str, str]] = set()
-        self._builtins_loaded = False
         self.runs = TrainingRuns()
         # This chunk's optional payload sizes per (model, version): (request bytes, response bytes).
         self._sizes: dict[tuple[str, str], tuple[list, list]] = {}
@@ -120,9 +126,16 @@ class Mapper:
             raise Rejected(WRONG_TYPE, "names must be strings")
         return v[:self.label_length]
 
-    def restore(self, values: dict) -> None:
-        """Pick up what a previous worker left in the metric files (training runs in progress)."""
+    def restore(self, values: dict, user_families: Iterable[Family] = ()) -> None:
+        """Pick up what a previous worker left in the metric files: training runs in progress,
+        and the user families the writer rebuilt from its keys (the very objects its restored
+        series are keyed by)."""
         self.runs.restore(values)
+        for fam in user_families:
+            try:
+                self.user_families.add(fam)
+            except ValueError as exc:  # defined here first, differently: this mapper's stands
+                _bug_log.warning("restore", "user metric %s not restored: %s", fam.name, exc)
 
     def handle(self, ev: dict) -> str:
         """Map one event; return its kind. Raises :class:`Rejected`."""
@@ -439,19 +452,20 @@ class Mapper:
 
     def _family(self, name: str, typ: str, label_names: tuple[str, ...], help_text: str = "",
                 buckets: tuple[float, ...] | None = None) -> Family:
-        """A user family, registered on first use; its name, type and labels are then fixed."""
+        """A user family, made on first use (in ``user_families``); its name, type and labels
+        are then fixed."""
         if typ == C.COUNTER and not name.endswith("_total"):
             name += "_total"
         fam = self._dynamic.get(name)
         if fam is None:
             if not METRIC_NAME.match(name):
                 raise Rejected(BAD_NAME, f"{name[:80]!r} is not a valid metric name")
-            if name in C.REGISTRY and C.REGISTRY[name].fed_by != "metric":
+            if name in self.catalogue:
                 raise Rejected(BAD_NAME, f"{name} is a built-in metric; send its own event kind")
             for n in label_names:
                 if not LABEL_NAME.match(n) or n.startswith("__") or n == "le":
                     raise Rejected(BAD_NAME, f"{n[:80]!r} is not a usable label name")
-            existing = C.REGISTRY.get(name)
+            existing = self.user_families.get(name)
             if existing is not None and (existing.type != typ or existing.labels != label_names):
                 raise Rejected(LABEL_MISMATCH, f"{name} exists with type {existing.type} "
                                                f"and labels {list(existing.labels)}")
@@ -459,13 +473,10 @@ class Mapper:
                 raise Rejected(TOO_MANY_METRICS, f"{name}: already {len(self._dynamic)} metrics "
                                                  f"from events (limits.max_user_metrics)")
             if existing is None:
-                if not self._builtins_loaded:
-                    C.load_builtins()
-                    self._builtins_loaded = True
-                clash = C.name_clash(name, typ)
+                clash = self.user_families.name_clash(name, typ)
                 if clash is not None:
                     raise Rejected(NAME_CLASH, clash)
-            fam = existing or C.register(Family(
+            fam = existing or self.user_families.add(Family(
                 name, typ, help_text or f"User metric {name}.", label_names,
                 (buckets or self.metric_buckets) if typ == C.HISTOGRAM else (), fed_by="metric"))
             self._dynamic[name] = fam

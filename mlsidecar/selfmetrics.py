@@ -16,12 +16,11 @@ from __future__ import annotations
 import os
 import platform
 
-from . import catalogue as C
 from .catalogue import COUNTER, GAUGE, Family
 
 
 def _f(name: str, typ: str, help_text: str, labels: tuple[str, ...] = (), unit: str = "") -> Family:
-    return C.register(Family(name, typ, help_text, labels, unit=unit, fed_by="server (sidecar self-metrics)"))
+    return Family(name, typ, help_text, labels, unit=unit, fed_by="server (sidecar self-metrics)")
 
 
 PROCESS_CPU = _f("process_cpu_seconds_total", COUNTER,
@@ -44,6 +43,10 @@ WORKER_RSS = _f("mlsidecar_worker_resident_memory_bytes", GAUGE,
                 "Resident memory of one sidecar worker process.", ("worker",), unit="bytes")
 WORKER_FDS = _f("mlsidecar_worker_open_fds", GAUGE, "Open file descriptors of one sidecar worker process.",
                 ("worker",))
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (PROCESS_CPU, PROCESS_RSS, PROCESS_VMS, PROCESS_START, PROCESS_FDS,
+    PROCESS_MAX_FDS, PYTHON_INFO, WORKER_CPU, WORKER_RSS, WORKER_FDS)
 
 _PY = platform.python_version_tuple()
 _PYTHON_LABELS = (("implementation", platform.python_implementation()), ("major", _PY[0]),

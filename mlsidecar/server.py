@@ -56,8 +56,10 @@ class Server:
         self.state = state
         self.expected = list(expected)
         self.clock = clock
+        # Every family any worker writes: the whole built-in catalogue, not what this process imported.
+        self.catalogue = C.builtin()
         self.reader = MetricsReader([state.metrics, *cfg.server.multiproc_dirs], clock=clock,
-                                    expiry=C.expiry(dict(cfg.expire)))
+                                    expiry=self.catalogue.expiry(dict(cfg.expire)), families=self.catalogue)
         self.self_metrics = SelfMetrics()
         self.reader.exemplars = ExemplarReader(state.root)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="collect")

@@ -38,8 +38,7 @@ import orjson
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.utils import floatToGoString
 
-from . import catalogue
-from .catalogue import COUNTER, GAUGE, HISTOGRAM, Family
+from .catalogue import COUNTER, GAUGE, HISTOGRAM, Catalogue, Family, UserFamilies, builtin
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +120,19 @@ class SeriesWriter:
     labels and labels from the environment). ``series_limit`` caps the series
     of each family; updates to further series are counted in
     ``mlsidecar_series_limited_total`` and dropped.
+
+    ``catalogue`` is the built-in families (:func:`mlsidecar.catalogue.builtin` unless
+    given); the user families its files hold are rebuilt at start into
+    ``user_families``, which the mapper then takes over (see ``Mapper.restore``).
     """
 
     def __init__(self, directory: str, identity: str, journal_path: str | None = None,
                  static_labels: dict[str, str] | None = None, series_limit: int = 10000,
                  on_limited=None, expiry: dict[str, float] | None = None, clock=time.time,
-                 total_limit: int | None = None):
+                 total_limit: int | None = None, catalogue: Catalogue | None = None,
+                 user_families: UserFamilies | None = None):
+        self.catalogue = catalogue if catalogue is not None else builtin()
+        self.user_families = user_families if user_families is not None else UserFamilies(self.catalogue)
         self.directory = directory
         self.identity = identity
         self.journal_path = journal_path
@@ -143,7 +149,7 @@ class SeriesWriter:
         self._pending: dict[tuple[str, str], tuple[float, float]] = {}
         # When each series was last written: for expiry.
         self.touched: dict[SeriesKey, float] = {}
-        self.expiry = expiry if expiry is not None else catalogue.expiry()
+        self.expiry = expiry if expiry is not None else self.catalogue.expiry()
         self.clock = clock
         self.journal_state: Any = None
         # What start-up found: "ok", "missing" or "corrupt"; any stored values restored;
@@ -219,15 +225,15 @@ class SeriesWriter:
                 self._stage(sk, time.time())
 
     def _register_stored(self, files) -> None:
-        """Rebuild the families of stored keys that no module has registered (user metrics,
-        user mappings: registered on their first event) from all their keys, so a restart
-        restores them whole and the next event finds them as they were."""
+        """Rebuild the families of stored keys that are not built in (user metrics, user
+        mappings: made on their first event) from all their keys, into ``user_families``, so
+        a restart restores them whole and the next event finds them as they were."""
         found: dict[str, list] = {}
         for name, _path, entries in files:
             file_type = name.split("_", 1)[0]
             for key, _value, _ts in entries:
                 metric_name, _sample, labels, help_text = orjson.loads(key)
-                if metric_name in catalogue.REGISTRY or metric_name + "_total" in catalogue.REGISTRY:
+                if self.user_families.stored(metric_name) is not None:
                     continue
                 full = metric_name + "_total" if file_type == COUNTER else metric_name
                 f = found.setdefault(full, [file_type, help_text, set(), set()])
@@ -237,7 +243,7 @@ class SeriesWriter:
         for full, (file_type, help_text, names, bounds) in found.items():
             if file_type == HISTOGRAM and not bounds:
                 continue
-            catalogue.register(Family(
+            self.user_families.add(Family(
                 full, file_type if file_type in (COUNTER, HISTOGRAM) else GAUGE, help_text,
                 tuple(sorted(names)), tuple(sorted(bounds)) if file_type == HISTOGRAM else (),
                 fed_by="metric"))
@@ -323,7 +329,7 @@ class SeriesWriter:
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
         metric_name, sample_name, labels, _help = orjson.loads(key)  # several times json's speed
-        fam = catalogue.REGISTRY.get(metric_name) or catalogue.REGISTRY.get(metric_name + "_total")
+        fam = self.user_families.stored(metric_name)
         if fam is None or fam.type != file_type:
             return  # a family that could not be rebuilt (or of another type): its keys are dropped below
         lv = tuple(str(labels.get(n, "")) for n in fam.labels)

@@ -23,16 +23,6 @@ from mlsidecar.runtime.worker import Ingest, make_mapper, make_writer
 from mlsidecar.store import Batch, SeriesWriter
 
 
-@pytest.fixture(autouse=True)
-def registry_snapshot():
-    """User families are registered on first use: each test starts from the built-ins."""
-    C.load_builtins()
-    saved = dict(C.REGISTRY)
-    yield
-    C.REGISTRY.clear()
-    C.REGISTRY.update(saved)
-
-
 def metric(name: str, typ: str = "gauge", value: float = 1.0, **labels) -> dict:
     return {"event": "metric", "name": name, "type": typ, "value": value, "labels": labels}
 
@@ -134,7 +124,7 @@ def test_families_from_metric_events_are_limited_and_counted(tmp_path):
         m.handle(metric("lim_d"))
     assert exc.value.reason == "too_many_metrics"
     m.handle(metric("lim_a", value=2.0))  # the known ones keep working
-    assert m.batch.gauges[(C.REGISTRY["lim_a"], ())] == 2.0
+    assert m.batch.gauges[(m.user_families["lim_a"], ())] == 2.0
 
 
 def test_error_rate_windows_are_limited_counted_and_forgotten_when_idle():

@@ -112,33 +112,17 @@ def check_exposition(text: str, openmetrics: str) -> None:
             assert s.value == s.value or fam.type == "gauge", f"NaN in {s.name}"
 
 
-@pytest.fixture(autouse=True)
-def registry_snapshot():
-    """User families are registered on first use: each example starts from the built-ins
-    (all of them imported first, so that restoring never drops one)."""
-    C.load_builtins()
-    saved = dict(C.REGISTRY)
-    yield
-    C.REGISTRY.clear()
-    C.REGISTRY.update(saved)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.lists(lines_strategy, min_size=1, max_size=2))
 def test_no_event_escapes_the_ingest_path_and_the_exposition_stays_valid(chunks):
-    saved = dict(C.REGISTRY)
-    try:
-        with tempfile.TemporaryDirectory() as root:
-            ingest, text, om = ingest_and_render(chunks, root)
-        # A bug of ours shows as internal_error; a workload's event must never reach one.
-        internal = [s.value for fam in parse_text(text) for s in fam.samples
-                    if s.name == "mlsidecar_events_rejected_total" and s.labels["reason"] == INTERNAL]
-        assert sum(internal) == 0
-        check_exposition(text, om)
-    finally:
-        C.REGISTRY.clear()
-        C.REGISTRY.update(saved)
+    with tempfile.TemporaryDirectory() as root:
+        ingest, text, om = ingest_and_render(chunks, root)
+    # A bug of ours shows as internal_error; a workload's event must never reach one.
+    internal = [s.value for fam in parse_text(text) for s in fam.samples
+                if s.name == "mlsidecar_events_rejected_total" and s.labels["reason"] == INTERNAL]
+    assert sum(internal) == 0
+    check_exposition(text, om)
 
 
 @pytest.mark.parametrize("lines", [
@@ -173,7 +157,6 @@ def test_the_daemon_never_restarts_a_worker_on_fuzzed_lines(chunks):
 
     from tests.harness import Sidecar, total
 
-    saved = dict(C.REGISTRY)
     with tempfile.TemporaryDirectory() as root:
         from pathlib import Path
 
@@ -200,5 +183,3 @@ def test_the_daemon_never_restarts_a_worker_on_fuzzed_lines(chunks):
             check_exposition(sc.metrics_text(), om)
         finally:
             sc.stop()
-            C.REGISTRY.clear()
-            C.REGISTRY.update(saved)

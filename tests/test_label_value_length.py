@@ -38,7 +38,7 @@ def test_the_configured_length_cuts_mapped_and_analytics_labels():
     assert {lv[2] for lv in _labels(b, RATE)} == {"feature-"}
     assert ("m", "v1", "imp-abcd") in _labels(b, IMPORTANCE)
     assert ("j", "loss-abc") in _labels(b, C.TRAINING_LOSS)
-    assert ("metric-a",) in _labels(b, C.REGISTRY["cut_gauge"])
+    assert ("metric-a",) in _labels(b, m.user_families["cut_gauge"])
 
 
 def test_one_mappers_limit_does_not_change_another():

@@ -119,7 +119,7 @@ def test_every_kind_maps_to_its_families(m):
     assert b.gauges[(C.PIPELINE_QUEUE, ("p", "raw"))] == 7
     assert b.gauges[(C.PIPELINE_DATA_TS, ("p", "src"))] == 970.0
     assert b.counters[(C.SCHEMA_VIOLATIONS, ("p", "missing"))] == 2
-    fam = C.REGISTRY["revenue_total"]
+    fam = m.user_families["revenue_total"]
     assert b.counters[(fam, ("a",))] == 5
 
 

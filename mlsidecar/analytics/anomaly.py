@@ -33,13 +33,16 @@ CAP = 100.0
 MAD_SCALE = 1.4826
 MEAN_AD_SCALE = 1.2533
 
-SCORE = C.register(Family(
+SCORE = Family(
     "ml_anomaly_score", GAUGE,
     "Robust z-score (median/MAD) of a signal against its rolling baseline; |score| > 3 is unusual.",
-    C.MODEL + ("signal",), fed_by="prediction (derived)", expire_after=6 * HOUR))
-VALUE = C.register(Family(
+    C.MODEL + ("signal",), fed_by="prediction (derived)", expire_after=6 * HOUR)
+VALUE = Family(
     "ml_anomaly_signal_value", GAUGE, "The latest value of a signal scored for anomalies.",
-    C.MODEL + ("signal",), fed_by="prediction (derived)", expire_after=6 * HOUR))
+    C.MODEL + ("signal",), fed_by="prediction (derived)", expire_after=6 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (SCORE, VALUE)
 
 
 def robust_z(x: float, baseline) -> float:

@@ -38,29 +38,32 @@ NAN = float("nan")
 PAIR = ("model_name", "baseline_version", "candidate_version", "metric")
 METRICS = ("accuracy", "error_rate", "latency_seconds", "confidence")
 
-DIFFERENCE = C.register(Family(
+DIFFERENCE = Family(
     "ml_model_comparison_difference", GAUGE,
     "Candidate minus baseline version of a model over the comparison window, by metric "
     "(accuracy, error_rate, latency_seconds, confidence); NaN below the minimum sample size.",
-    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR))
-CI_LOWER = C.register(Family(
+    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR)
+CI_LOWER = Family(
     "ml_model_comparison_ci_lower", GAUGE,
     "Lower end of the confidence interval of ml_model_comparison_difference.",
-    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR))
-CI_UPPER = C.register(Family(
+    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR)
+CI_UPPER = Family(
     "ml_model_comparison_ci_upper", GAUGE,
     "Upper end of the confidence interval of ml_model_comparison_difference.",
-    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR))
-P_VALUE = C.register(Family(
+    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR)
+P_VALUE = Family(
     "ml_model_comparison_p_value", GAUGE,
     "Two-sided p-value of the difference (two-proportion z-test for accuracy and error_rate, "
     "Welch's t-test for latency_seconds and confidence).",
-    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR))
-SAMPLES = C.register(Family(
+    PAIR, fed_by="prediction (two or more versions)", expire_after=24 * HOUR)
+SAMPLES = Family(
     "ml_model_comparison_samples", GAUGE,
     "Predictions of a compared version in its comparison window (accuracy: "
     "ml_model_live_window_samples).",
-    C.MODEL, fed_by="prediction (two or more versions)", expire_after=24 * HOUR))
+    C.MODEL, fed_by="prediction (two or more versions)", expire_after=24 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (DIFFERENCE, CI_LOWER, CI_UPPER, P_VALUE, SAMPLES)
 
 
 @dataclass(frozen=True)

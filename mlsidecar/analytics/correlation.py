@@ -25,11 +25,14 @@ from ..events import DEFAULT_LABEL_LENGTH
 
 NAN = float("nan")
 
-CORRELATION = C.register(Family(
+CORRELATION = Family(
     "ml_feature_correlation", GAUGE,
     "Pearson correlation of two numeric features over the window (feature_a < feature_b); "
     "NaN below the minimum sample size or for a constant feature.",
-    C.MODEL + ("feature_a", "feature_b"), fed_by="prediction (features)", expire_after=6 * HOUR))
+    C.MODEL + ("feature_a", "feature_b"), fed_by="prediction (features)", expire_after=6 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (CORRELATION,)
 
 
 def _power_of_two_scale(values) -> float:

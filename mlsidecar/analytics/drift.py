@@ -42,17 +42,20 @@ STATISTICS = (PSI_STAT, KS_STAT)
 DEFAULT_EPSILON = 1e-4
 FEATURE = C.MODEL + ("feature_name",)
 
-DRIFT_PSI = C.register(Family(
+DRIFT_PSI = Family(
     "ml_feature_drift_psi", GAUGE,
     "Population stability index of a feature's window against its reference (natural log).",
-    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR))
-DRIFT_KS = C.register(Family(
+    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR)
+DRIFT_KS = Family(
     "ml_feature_drift_ks_statistic", GAUGE,
     "Two-sample Kolmogorov-Smirnov statistic of a numeric feature's window against its reference.",
-    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR))
-DRIFT_WINDOW = C.register(Family(
+    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR)
+DRIFT_WINDOW = Family(
     "ml_feature_drift_window_samples", GAUGE, "Values in a feature's drift window.",
-    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR))
+    FEATURE, fed_by="prediction (features)", expire_after=6 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (DRIFT_PSI, DRIFT_KS, DRIFT_WINDOW)
 
 
 def psi(expected: list[float], actual: list[float], epsilon: float = DEFAULT_EPSILON) -> float:

@@ -37,12 +37,15 @@ from .settings import AnalyticsSettings
 
 log = logging.getLogger("mlsidecar.analytics")
 
-DROPPED = C.register(Family(
+DROPPED = Family(
     "mlsidecar_analytics_dropped_total", COUNTER,
     "Analytics inputs not tracked because a bound was reached (too_many_models, too_many_features, "
     "too_many_versions), a compared version went quiet (version_vanished), or a class was folded "
     "into __other__ (too_many_classes).",
-    ("reason",), fed_by="prediction"))
+    ("reason",), fed_by="prediction")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (DROPPED,)
 
 
 class ModelState:

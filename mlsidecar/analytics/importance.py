@@ -17,10 +17,13 @@ from .. import catalogue as C
 from ..catalogue import GAUGE, HOUR, Family
 from ..events import DEFAULT_LABEL_LENGTH, INVALID_VALUE, WRONG_TYPE, Rejected, label, mapping_of_numbers
 
-IMPORTANCE = C.register(Family(
+IMPORTANCE = Family(
     "ml_feature_importance", GAUGE,
     "Importance of an input feature as last reported by the workload (method as it chose).",
-    C.MODEL + ("feature_name",), fed_by="feature_importance", expire_after=24 * HOUR))
+    C.MODEL + ("feature_name",), fed_by="feature_importance", expire_after=24 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (IMPORTANCE,)
 
 
 class ImportanceTracker:

@@ -30,42 +30,46 @@ OTHER_CLASS = "__other__"
 LIVE = "live"
 MODEL = C.MODEL
 
-F1 = C.register(Family(
+F1 = Family(
     "ml_model_f1_score", GAUGE, "Weighted F1 (0-1), as scikit-learn f1_score(average='weighted').",
-    MODEL + ("dataset",), fed_by="labelled prediction", expire_after=24 * HOUR))
-LABELLED = C.register(Family(
+    MODEL + ("dataset",), fed_by="labelled prediction", expire_after=24 * HOUR)
+LABELLED = Family(
     "ml_model_labelled_predictions_total", COUNTER,
     "Predictions whose true label is known (inline y_true or a joined label event).",
-    MODEL, fed_by="labelled prediction"))
-CORRECT = C.register(Family(
+    MODEL, fed_by="labelled prediction")
+CORRECT = Family(
     "ml_model_correct_predictions_total", COUNTER, "Labelled predictions where y_pred == y_true.",
-    MODEL, fed_by="labelled prediction"))
-TRUE_POS = C.register(Family(
+    MODEL, fed_by="labelled prediction")
+TRUE_POS = Family(
     "ml_model_class_true_positives_total", COUNTER, "Labelled predictions of a class that were right.",
-    MODEL + ("class",), fed_by="labelled prediction"))
-FALSE_POS = C.register(Family(
+    MODEL + ("class",), fed_by="labelled prediction")
+FALSE_POS = Family(
     "ml_model_class_false_positives_total", COUNTER,
     "Labelled predictions of a class whose true label was another class.",
-    MODEL + ("class",), fed_by="labelled prediction"))
-FALSE_NEG = C.register(Family(
+    MODEL + ("class",), fed_by="labelled prediction")
+FALSE_NEG = Family(
     "ml_model_class_false_negatives_total", COUNTER,
     "Labelled samples of a class that were predicted as another class.",
-    MODEL + ("class",), fed_by="labelled prediction"))
-WINDOW_SAMPLES = C.register(Family(
+    MODEL + ("class",), fed_by="labelled prediction")
+WINDOW_SAMPLES = Family(
     "ml_model_live_window_samples", GAUGE, "Labelled predictions in the live scoring window.",
-    MODEL, fed_by="labelled prediction", expire_after=24 * HOUR))
-CONFUSION = C.register(Family(
+    MODEL, fed_by="labelled prediction", expire_after=24 * HOUR)
+CONFUSION = Family(
     "ml_model_confusion_matrix_total", COUNTER,
     "Labelled predictions by true and predicted class: the confusion matrix (classes beyond "
     "max_classes fold into __other__).",
-    MODEL + ("true_class", "predicted_class"), fed_by="labelled prediction"))
-LABEL_JOINS = C.register(Family(
+    MODEL + ("true_class", "predicted_class"), fed_by="labelled prediction")
+LABEL_JOINS = Family(
     "mlsidecar_label_joins_total", COUNTER,
     "Label events and pending predictions, by outcome (matched, unmatched, expired, evicted).",
-    ("result",), fed_by="label"))
-LABEL_PENDING = C.register(Family(
+    ("result",), fed_by="label")
+LABEL_PENDING = Family(
     "mlsidecar_label_pending", GAUGE, "Predictions waiting for their label event.", (),
-    fed_by="prediction (prediction_id)"))
+    fed_by="prediction (prediction_id)")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (F1, LABELLED, CORRECT, TRUE_POS, FALSE_POS, FALSE_NEG, WINDOW_SAMPLES,
+    CONFUSION, LABEL_JOINS, LABEL_PENDING)
 
 _TYPES_OK = (str, int, bool)
 

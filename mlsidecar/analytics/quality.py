@@ -32,19 +32,22 @@ OK, MISSING, OUT_OF_RANGE, TYPE_MISMATCH = 0, 1, 2, 3
 PROBLEMS = ("missing", "out_of_range", "type_mismatch")  # codes 1..3
 FEATURE = C.MODEL + ("feature_name",)
 
-CHECKS = C.register(Family(
+CHECKS = Family(
     "ml_feature_checks_total", COUNTER,
     "Feature values checked (one per feature per prediction event carrying features).",
-    FEATURE, fed_by="prediction (features)"))
-ISSUES = C.register(Family(
+    FEATURE, fed_by="prediction (features)")
+ISSUES = Family(
     "ml_feature_quality_issues_total", COUNTER,
     "Feature values with a problem: missing, out_of_range, type_mismatch.",
     FEATURE + ("problem",), fed_by="prediction (features)",
-    zero_siblings=(("problem", PROBLEMS),)))
-RATE = C.register(Family(
+    zero_siblings=(("problem", PROBLEMS),))
+RATE = Family(
     "ml_feature_quality_rate", GAUGE,
     "Share (0-1) of a feature's recent values with a problem, over the quality window.",
-    FEATURE + ("problem",), fed_by="prediction (features)", expire_after=6 * HOUR))
+    FEATURE + ("problem",), fed_by="prediction (features)", expire_after=6 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (CHECKS, ISSUES, RATE)
 
 
 class QualityRing:

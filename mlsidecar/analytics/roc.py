@@ -30,22 +30,25 @@ from .comparison import Ring
 
 NAN = float("nan")
 
-AUC = C.register(Family(
+AUC = Family(
     "ml_model_roc_auc", GAUGE,
     "Area under the ROC curve over the window of scored, labelled predictions "
     "(as scikit-learn roc_auc_score); NaN below the minimum or with one class.",
-    C.MODEL, fed_by="labelled prediction (score)", expire_after=24 * HOUR))
-TPR = C.register(Family(
+    C.MODEL, fed_by="labelled prediction (score)", expire_after=24 * HOUR)
+TPR = Family(
     "ml_model_roc_tpr", GAUGE,
     "True positive rate at a score threshold (positives scored >= threshold / positives).",
-    C.MODEL + ("threshold",), fed_by="labelled prediction (score)", expire_after=24 * HOUR))
-FPR = C.register(Family(
+    C.MODEL + ("threshold",), fed_by="labelled prediction (score)", expire_after=24 * HOUR)
+FPR = Family(
     "ml_model_roc_fpr", GAUGE,
     "False positive rate at a score threshold (negatives scored >= threshold / negatives).",
-    C.MODEL + ("threshold",), fed_by="labelled prediction (score)", expire_after=24 * HOUR))
-ROC_SAMPLES = C.register(Family(
+    C.MODEL + ("threshold",), fed_by="labelled prediction (score)", expire_after=24 * HOUR)
+ROC_SAMPLES = Family(
     "ml_model_roc_window_samples", GAUGE, "Scored, labelled predictions in the ROC window.",
-    C.MODEL, fed_by="labelled prediction (score)", expire_after=24 * HOUR))
+    C.MODEL, fed_by="labelled prediction (score)", expire_after=24 * HOUR)
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (AUC, TPR, FPR, ROC_SAMPLES)
 
 
 def threshold_label(t: float) -> str:

@@ -443,9 +443,3 @@ def parse(section: Section) -> AnalyticsSettings:
     section.finish()
     return out
 
-
-# Importing the settings (which config parsing does in every process) registers the
-# analytics metric families, so the server knows their help text and expiry.
-from . import anomaly as _anomaly, drift as _drift, performance as _performance, quality as _quality  # noqa: E402,F401,I001
-from . import comparison as _comparison_families, correlation as _correlation_families  # noqa: E402,F401,I001
-from . import importance as _importance, roc as _roc_families  # noqa: E402,F401,I001

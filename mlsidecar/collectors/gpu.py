@@ -61,7 +61,7 @@ MIG = GPU + ("gpu_instance", "compute_instance")
 
 
 def _f(name, type_, help_, labels=GPU, unit="") -> Family:
-    return C.register(Family(name, type_, help_, labels, unit=unit, fed_by="gpu collector"))
+    return Family(name, type_, help_, labels, unit=unit, fed_by="gpu collector")
 
 
 INFO = _f("ml_gpu_info", GAUGE, "Always 1; labels name the GPU, its driver and CUDA version.",
@@ -104,6 +104,11 @@ TENSOR = _f("ml_gpu_tensor_activity_ratio", GAUGE,
             "Share of time the SMs ran any tensor-pipe work (GPM, 0-1).", MIG)
 PROCESS_MEM = _f("ml_gpu_process_memory_used_bytes", GAUGE, "GPU memory used by one process.",
                  ("gpu", "uuid", "pid", "process_name"), "bytes")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (INFO, UTIL, MEM_UTIL, MEM_USED, MEM_FREE, MEM_TOTAL, TEMP, POWER, POWER_LIMIT,
+    SM_CLOCK, MEM_CLOCK, CLOCK_REASONS, PCIE_TX, PCIE_RX, ECC, RETIRED, REMAPPED, XID, ENERGY, SM_ACTIVITY,
+    SM_OCCUPANCY, TENSOR, PROCESS_MEM)
 
 # Clock event ("throttle") reason bits, as in nvml.h (stable ABI values).
 REASONS = (

@@ -18,7 +18,6 @@ import fnmatch
 import os
 from typing import Any
 
-from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, Family
 from . import Collector, CollectorSettings, CollectorUnavailable, register
 from .process import Published
@@ -26,7 +25,7 @@ from .process import Published
 
 def _f(*args: Any, **kwargs: Any) -> Family:
     kwargs["fed_by"] = "host collector"
-    return C.register(Family(*args, **kwargs))
+    return Family(*args, **kwargs)
 
 
 CPU = _f("ml_host_cpu_utilization_ratio", GAUGE,
@@ -47,6 +46,10 @@ NET_RX = _f("ml_host_network_receive_bytes_total", COUNTER, "Bytes received by a
             ("device",), unit="bytes")
 NET_TX = _f("ml_host_network_transmit_bytes_total", COUNTER, "Bytes sent by a network interface.",
             ("device",), unit="bytes")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (CPU, LOAD1, LOAD5, LOAD15, MEM_TOTAL, MEM_AVAILABLE, SWAP_USED, SWAP_TOTAL,
+    FS_SIZE, FS_AVAIL, NET_RX, NET_TX)
 
 _IDLE = ("idle", "iowait")
 _NOT_IN_TOTAL = ("guest", "guest_nice")  # already counted in user and nice on Linux

@@ -66,7 +66,7 @@ WRITERS_LOOK_EVERY = 30.0
 
 def _f(*args: Any, **kwargs: Any) -> Family:
     kwargs["fed_by"] = "process collector"
-    return C.register(Family(*args, **kwargs))
+    return Family(*args, **kwargs)
 
 
 CPU_SECONDS = _f("ml_process_cpu_seconds_total", COUNTER,
@@ -93,6 +93,10 @@ CTX_SWITCHES = _f("ml_process_context_switches_total", COUNTER,
                   "Context switches of the workload's processes, by kind (running total).", ("kind",))
 # Not ml_process_count: a _count suffix belongs to histograms and summaries.
 COUNT = _f("ml_process_processes", GAUGE, "Processes that make up the workload.")
+
+# Declared here, collected by catalogue.builtin(): the families this module writes.
+FAMILIES: tuple[Family, ...] = (CPU_SECONDS, RESIDENT, PSS, THREADS, OPEN_FDS, MAX_FDS, FD_RATIO, IO_READ,
+    IO_WRITE, CTX_SWITCHES, COUNT)
 
 
 # --- helpers shared by the collectors ---------------------------------------

@@ -72,7 +72,7 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
     writer = SeriesWriter(
         state.metrics, identity, state.journal(identity) if journal else None,
         static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
-        expiry=C.expiry(dict(cfg.expire)),
+        expiry=C.builtin().expiry(dict(cfg.expire)),
         # Ingest workers share limits.max_series; collectors' series are bounded by the hardware.
         total_limit=cfg.series_share() if identity.startswith("tail-") or identity == "socket" else None,
     )
@@ -143,7 +143,8 @@ class Ingest:
     def __init__(self, cfg: Config, mapper: Mapper, batch: Batch, writer: SeriesWriter):
         self.cfg = cfg
         self.mapper = mapper
-        mapper.restore(writer.values)  # training runs in progress before a restart
+        # Training runs in progress before a restart, and the user families found in the files.
+        mapper.restore(writer.values, writer.user_families)
         self.batch = batch
         self.writer = writer
         self.max_line = cfg.sources.max_line_bytes
@@ -154,7 +155,7 @@ class Ingest:
         # first rejection and the first refused series: every reason per source, every built-in
         # family the series limit can refuse.
         self.sources_seen: set[str] = set()
-        for fam in list(C.REGISTRY.values()):
+        for fam in [*writer.catalogue.values(), *writer.user_families]:
             if fam.fed_by.split(" ", 1)[0] in events.KINDS:
                 writer.inc(C.SERIES_LIMITED, (fam.name,), 0)
 
