@@ -227,9 +227,6 @@ def test_no_query_matches_the_sidecar_by_job_name():
 def result_labels(expr: str) -> set[str] | None:
     """The labels a query's series carry, where the query says (by/without aside): None if unknown."""
     from mlsidecar import catalogue
-    from tests.test_deploy_prometheus import catalogue_names
-
-    catalogue_names()  # loads the collectors' families
 
     target = {"instance", "job", "namespace", "pod", "node", "cluster", "ml_component"}
     outer = re.match(r"\s*(?:sum|max|min|avg|count)\s+by\s*\(([^)]*)\)", expr)
@@ -239,7 +236,7 @@ def result_labels(expr: str) -> set[str] | None:
     if q:
         return {x.strip() for x in q.group(1).split(",")} - {"le"}
     names = re.findall(r"(?<![\w:$])((?:ml|mlsidecar)_[a-z0-9_]+?)(?:_bucket|_sum|_count)?\{", expr)
-    fams = {f.name: f for f in catalogue.REGISTRY.values()}
+    fams = {f.name: f for f in catalogue.builtin().values()}
     if not names or any(n not in fams for n in names) or re.search(r"\b(by|without|on|ignoring)\b", expr):
         return None
     labels = set.intersection(*(set(fams[n].labels) for n in names))

@@ -437,13 +437,12 @@ METRIC_REF = re.compile(r"(?<![\w:])((?:ml|mlsidecar)_[a-z0-9_]+)(?![\w:])")
 
 
 def catalogue_names() -> set[str]:
-    """Every sample name the sidecar can expose: the catalogue plus the collectors' families."""
-    from mlsidecar import catalogue, collectors
-    from mlsidecar.analytics import settings  # noqa: F401  (registers the analytics families)
+    """Every sample name the sidecar can expose: the built-in catalogue (core, collectors,
+    analytics, cost, impact, self-metrics)."""
+    from mlsidecar import catalogue
 
-    collectors.load_all()
     names = set()
-    for fam in catalogue.REGISTRY.values():
+    for fam in catalogue.builtin().values():
         names.add(fam.name)
         if fam.type == catalogue.HISTOGRAM:
             names |= {fam.name + "_bucket", fam.name + "_sum", fam.name + "_count"}
