@@ -15,18 +15,20 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import collectors
-from .collectors import CollectorSettings, CollectorUnavailable
+from .collectors import Collector, CollectorSettings, CollectorUnavailable
+from .config import Config
 from .exposition import format_value, render_labels
+from .runtime.collect import CollectorRun
 from .store import SeriesWriter
 
 # Collectors that report rates or GPM activity need two readings; this is the gap.
 SECOND_READING_AFTER = 0.5
 
 
-def _settings(cfg, name: str, cls) -> CollectorSettings:
+def _settings(cfg: Config | None, name: str, cls: type[Collector]) -> CollectorSettings:
     s = cfg.collector(name) if cfg is not None else None
     if s is not None:
         return s
@@ -34,8 +36,9 @@ def _settings(cfg, name: str, cls) -> CollectorSettings:
                              {k: default for k, (_kind, default) in cls.options.items()})
 
 
-def probe(cfg, names: list[str] | None, out: TextIO, handles: dict | None = None) -> int:
-    """Run the collectors once (twice, a moment apart) and print what they read."""
+def probe(cfg: Config | None, names: list[str] | None, out: TextIO, handles: dict[str, Any] | None = None) -> int:
+    """Run the collectors once (twice, a moment apart) through the collector runner and print
+    what they read."""
     classes = collectors.load_all()
     if names:
         unknown = [n for n in names if n not in classes]
@@ -51,7 +54,7 @@ def probe(cfg, names: list[str] | None, out: TextIO, handles: dict | None = None
     report: dict[str, list[str]] = {}
     try:
         writer = SeriesWriter(scratch, "probe")
-        items = []
+        runs: list[tuple[CollectorRun, str, bool]] = []
         for name in wanted:
             cls = classes[name]
             settings = _settings(cfg, name, cls)
@@ -62,9 +65,9 @@ def probe(cfg, names: list[str] | None, out: TextIO, handles: dict | None = None
             else:
                 state = "disabled in config"
             counts = bool(names) or settings.enabled
-            obj = cls(settings, **(handles or {}))
+            run = CollectorRun(name, cls(settings, **(handles or {})), writer)
             try:
-                obj.setup()
+                run.setup()
             except CollectorUnavailable as exc:
                 report[name] = [f"{name}: unavailable ({state}): {exc}"]
                 status = 1 if counts else status
@@ -73,35 +76,28 @@ def probe(cfg, names: list[str] | None, out: TextIO, handles: dict | None = None
                 report[name] = [f"{name}: setup failed ({state}): {type(exc).__name__}: {exc}"]
                 status = 1 if counts else status
                 continue
-            items.append((name, obj, state, counts))
-        results = {}
+            runs.append((run, state, counts))
         for rnd in range(2):
-            if rnd and items:
+            if rnd and runs:
                 time.sleep(SECOND_READING_AFTER)
-            for name, obj, _state, _counts in items:
-                t0 = time.perf_counter()
+            for run, _state, _counts in runs:
                 try:
-                    obj.collect(writer)
-                    err = ""
-                except Exception as exc:  # noqa: BLE001
-                    err = f"{type(exc).__name__}: {exc}"
-                results[name] = (err, time.perf_counter() - t0)
-        for name, obj, state, counts in items:
-            err, took = results[name]
-            mine = _series_of(writer, obj)
-            lines = [f"{name}: {'FAILED: ' + err if err else 'ok'} "
-                     f"({state}; {len(mine)} series, {took * 1000:.1f} ms)"]
-            desc = getattr(getattr(obj, "workload", None), "describe", None)
+                    run.collect()
+                except Exception:  # noqa: BLE001 - recorded in run.error
+                    pass
+        for run, state, counts in runs:
+            err = run.error
+            mine = _series_of(run)
+            lines = [f"{run.name}: {'FAILED: ' + err if err else 'ok'} "
+                     f"({state}; {len(mine)} series, {run.took * 1000:.1f} ms)"]
+            desc = getattr(getattr(run.collector, "workload", None), "describe", None)
             if desc is not None:
                 lines.append(f"  watching: {desc()}")
             lines.extend("  " + line for line in mine)
-            report[name] = lines
+            report[run.name] = lines
             if err and counts:
                 status = 1
-            try:
-                obj.close()
-            except Exception:  # noqa: BLE001
-                pass
+            run.close()
         writer.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -111,15 +107,10 @@ def probe(cfg, names: list[str] | None, out: TextIO, handles: dict | None = None
     return status
 
 
-def _series_of(writer: SeriesWriter, obj) -> list[str]:
+def _series_of(run: CollectorRun) -> list[str]:
     """The lines of the series a collector published, sorted, as on /metrics."""
-    published = getattr(obj, "_published", None)
-    keys = published.keys if published is not None else set()
     lines = []
-    for fam, labels in keys:
-        v = writer.values.get((fam, labels))
-        if v is None:
-            continue
+    for (fam, labels), v in run.published.items():
         pairs = tuple((k, x) for k, x in zip(fam.labels, labels) if x != "")
         lines.append(f"{fam.name}{render_labels(pairs)} {format_value(float(v))}")
     return sorted(lines)

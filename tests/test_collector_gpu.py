@@ -13,13 +13,14 @@ import pytest
 
 from mlsidecar import catalogue as C
 from mlsidecar import config as configmod
-from mlsidecar.collectors import CollectorSettings, CollectorUnavailable
+from mlsidecar.collectors import CollectorSettings, CollectorUnavailable, Partial
 from mlsidecar.collectors import gpu as G
 from mlsidecar.collectors.gpu import GpuCollector
 from mlsidecar.runtime.collect import run_collector_worker
 from mlsidecar.runtime.state import StateDir
 from mlsidecar.store import SeriesWriter
 
+from .collecting import publish, readings, run_of
 from .fake_pynvml import FakeGpu, FakeMig, FakeNVML
 
 UUID0 = "GPU-11111111-2222-3333-4444-555555555555"
@@ -53,15 +54,18 @@ def started(fake, **opts) -> GpuCollector:
     return c
 
 
-def test_readings_in_base_units(writer):
+def test_readings_in_base_units():
+    """collect() only reads (no store): values in base units, each with what it means."""
     ecc = {(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC): 3,
            (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_AGGREGATE_ECC): 1}
     retired = {pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR: [0x10, 0x20]}
     fake = FakeNVML(two_gpus(ecc=ecc, retired=retired, remapped=(5, 1, 1, 0),
                              reasons=0x4 | 0x40, temperature=61))
     c = started(fake)
-    c.collect(writer)
-    v = writer.values
+    got = readings(c)
+    v = {k: r.value for k, r in got.items()}
+    assert {r.kind for k, r in got.items() if k[0].type == C.COUNTER} == {"total"}, "NVML's own totals"
+    assert {r.kind for k, r in got.items() if k[0].type == C.GAUGE} == {"gauge"}
     assert v[(G.INFO, L0 + ("550.54.15", "12.4"))] == 1.0
     assert v[(G.UTIL, L0)] == 0.5 and v[(G.UTIL, L1)] == 0.9
     assert v[(G.MEM_UTIL, L0)] == 0.2
@@ -96,7 +100,7 @@ def test_unsupported_reading_is_skipped_and_not_asked_again(writer):
     fake.gpus[1].unsupported = {"nvmlDeviceGetRemappedRows"}
     c = started(fake)
     for _ in range(3):
-        c.collect(writer)
+        publish(c, writer)
     v = writer.values
     assert (G.PCIE_TX, L0) not in v and (G.PCIE_TX, L1) in v
     assert not [k for k in v if k[0] is G.ECC and k[1][:3] == L0]
@@ -138,7 +142,7 @@ def test_real_pynvml_on_this_machine_is_unavailable_or_works(tmp_path):
         assert str(exc)
     else:  # a machine with a GPU: it reads
         w = SeriesWriter(str(tmp_path), "gpu")
-        c.collect(w)
+        publish(c, w)
         assert w.series(G.INFO)
     finally:
         c.close()
@@ -184,51 +188,55 @@ def test_worker_reports_up_0_without_nvml_and_up_1_with(tmp_path, keep_signals):
 def test_lost_gpu_drops_its_series_marks_the_run_failed_and_comes_back(writer):
     fake = FakeNVML(two_gpus())
     c = started(fake)
-    c.collect(writer)
+    publish(c, writer)
     assert (G.TEMP, L1) in writer.values
     fake.gpus[1].lost = True
-    with pytest.raises(RuntimeError, match=f"GPU 1 .{UUID1}"):
-        c.collect(writer)
+    with pytest.raises(Partial, match=f"GPU 1 .{UUID1}"):
+        publish(c, writer)
     assert (G.TEMP, L1) not in writer.values and (G.MEM_USED, L1 + ("", "")) not in writer.values
     assert writer.values[(G.TEMP, L0)] == 40.0
+    assert writer.values[(C.COLLECTOR_UP, ("gpu",))] == 0.0
     fake.gpus[1].lost = False
-    c.collect(writer)
+    publish(c, writer)
     assert (G.TEMP, L1) in writer.values
 
 
 def test_nvml_gone_mid_run_is_unavailable_and_withdraws_series(writer):
     fake = FakeNVML(two_gpus())
     c = started(fake)
-    c.collect(writer)
+    publish(c, writer)
     fake.initialised = 0  # e.g. the driver was reloaded under us: NVMLError_Uninitialized
     with pytest.raises(CollectorUnavailable, match="stopped answering"):
-        c.collect(writer)
+        publish(c, writer)
     assert not [k for k in writer.values if k[0].name.startswith("ml_gpu_")]
-    c.setup()
-    c.collect(writer)
+    assert not run_of(c, writer).ready, "set up again before the next collect"
+    run_of(c, writer).setup()
+    publish(c, writer)
     assert (G.TEMP, L0) in writer.values
 
 
 def test_hung_driver_call_times_out_and_does_not_pile_up(writer):
     fake = FakeNVML(two_gpus())
     c = started(fake, call_timeout=0.2)
-    c.collect(writer)
+    publish(c, writer)
     fake.hang = threading.Event()
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="did not answer"):
-        c.collect(writer)
+        publish(c, writer)
     assert time.monotonic() - t0 < 5
     assert not [k for k in writer.values if k[0].name.startswith("ml_gpu_")], "stale values withdrawn"
     with pytest.raises(TimeoutError, match="has not returned"):
-        c.collect(writer)  # the stuck call is not joined by a second one
-    assert sum(t.name == "nvml-read" for t in threading.enumerate()) == 1
+        publish(c, writer)  # the stuck call is not joined by a second one
+    assert sum(t.name == "collect-gpu" for t in threading.enumerate()) == 1
+    assert writer.values[(C.COLLECTOR_UP, ("gpu",))] == 0.0
     fake.hang.set()
     fake.hang = None
     deadline = time.monotonic() + 10
-    while c._reader.is_alive() and time.monotonic() < deadline:
+    while any(t.name == "collect-gpu" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    c.collect(writer)
+    publish(c, writer)
     assert writer.values[(G.TEMP, L0)] == 40.0
+    assert writer.values[(C.COLLECTOR_UP, ("gpu",))] == 1.0
     c.close()
 
 
@@ -241,12 +249,15 @@ def test_xid_events_are_counted_per_gpu_and_code(writer):
     fake.xid(1, 48)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        c.collect(writer)
+        publish(c, writer)
         if writer.values.get((G.XID, L0 + ("79",))) == 2 and writer.values.get((G.XID, L1 + ("48",))) == 1:
             break
         time.sleep(0.02)
     assert writer.values[(G.XID, L0 + ("79",))] == 2
     assert writer.values[(G.XID, L1 + ("48",))] == 1
+    got = readings(c)
+    assert got[(G.XID, L0 + ("79",))].kind == "increment"
+    assert got[(G.XID, L0 + ("79",))].value == 0, "no new XID since the last collect"
     watcher = c.xid
     c.close()
     assert c.xid is None and not watcher.is_alive()
@@ -263,7 +274,7 @@ def test_xid_total_continues_after_a_worker_restart(tmp_path):
     fake.xid(0, 79)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and w.values.get((G.XID, L0 + ("79",))) != 6.0:
-        c.collect(w)
+        publish(c, w)
         time.sleep(0.02)
     assert w.values[(G.XID, L0 + ("79",))] == 6.0
     c.close()
@@ -273,10 +284,10 @@ def test_xid_total_continues_after_a_worker_restart(tmp_path):
 def test_gpm_activity_from_two_samples_and_unsupported_devices_asked_once(writer):
     fake = FakeNVML(two_gpus(gpm={2: 75.0, 3: 40.0, 5: 30.0}))
     c = started(fake)
-    c.collect(writer)
+    publish(c, writer)
     assert (G.SM_ACTIVITY, L0 + ("", "")) not in writer.values, "one sample is not a rate"
-    c.collect(writer)
-    c.collect(writer)
+    publish(c, writer)
+    publish(c, writer)
     assert writer.values[(G.SM_ACTIVITY, L0 + ("", ""))] == 0.75
     assert writer.values[(G.SM_OCCUPANCY, L0 + ("", ""))] == 0.40
     assert writer.values[(G.TENSOR, L0 + ("", ""))] == 0.30
@@ -291,8 +302,8 @@ def test_mig_instances_get_their_own_memory_and_activity(writer):
     migs = [FakeMig(1, 0, memory_used=3 * 2**30, gpm={2: 50.0}), FakeMig(2, 0)]
     fake = FakeNVML(two_gpus(mig=migs, gpm={2: 10.0}))
     c = started(fake)
-    c.collect(writer)
-    c.collect(writer)
+    publish(c, writer)
+    publish(c, writer)
     v = writer.values
     assert v[(G.MEM_USED, L0 + ("1", "0"))] == 3 * 2**30
     assert v[(G.MEM_TOTAL, L0 + ("2", "0"))] == 10 * 2**30
@@ -315,7 +326,7 @@ def test_pid_attribution_per_process_memory_and_training_families(writer, tmp_pa
     c = GpuCollector(settings(attribution="pid", job_name="train-1", pid_file=_pid_file(tmp_path, me),
                               children=False), nvml=fake, environ={}, sidecar_root=None)
     c.setup()
-    c.collect(writer)
+    publish(c, writer)
     v = writer.values
     my_name = psutil.Process(me).name()
     assert v[(G.PROCESS_MEM, ("0", UUID0, str(me), my_name))] == 3 * 2**30
@@ -327,7 +338,7 @@ def test_pid_attribution_per_process_memory_and_training_families(writer, tmp_pa
     # The other process leaves: its series go, nothing stale stays behind.
     fake.gpus[0].processes = [(me, 4 * 2**30)]
     fake.gpus[1].graphics_processes = []
-    c.collect(writer)
+    publish(c, writer)
     assert writer.series(G.PROCESS_MEM) == [("0", UUID0, str(me), my_name)]
     assert writer.values[(C.TRAINING_MEMORY, ("train-1", "gpu"))] == 4 * 2**30
 
@@ -337,7 +348,7 @@ def test_devices_attribution_uses_the_gpus_the_container_was_given(writer):
     env = {"NVIDIA_VISIBLE_DEVICES": UUID1, "JOB_NAME": "from-env"}
     c = GpuCollector(settings(attribution="devices"), nvml=fake, environ=env)
     c.setup()
-    c.collect(writer)
+    publish(c, writer)
     v = writer.values
     assert v[(C.TRAINING_MEMORY, ("from-env", "gpu"))] == 10 * 2**30, "GPU 1's framebuffer used"
     assert v[(C.TRAINING_GPU_UTIL, ("from-env", "1"))] == 90.0
@@ -365,6 +376,6 @@ def test_no_job_name_no_training_series(writer, tmp_path):
     c = GpuCollector(settings(attribution="pid", pid_file=_pid_file(tmp_path, os.getpid())), nvml=fake,
                      environ={}, sidecar_root=None)
     c.setup()
-    c.collect(writer)
+    publish(c, writer)
     assert not writer.series(C.TRAINING_MEMORY) and not writer.series(C.TRAINING_GPU_UTIL)
     assert writer.series(G.PROCESS_MEM)

@@ -12,6 +12,8 @@ from mlsidecar.collectors import host as H
 from mlsidecar.collectors.host import HostCollector
 from mlsidecar.store import SeriesWriter
 
+from .collecting import publish, readings
+
 CpuTimes = namedtuple("scputimes", "user nice system idle iowait irq softirq steal guest guest_nice")
 Part = namedtuple("sdiskpart", "device mountpoint fstype opts")
 Usage = namedtuple("sdiskusage", "total used free percent")
@@ -74,7 +76,7 @@ def test_readings_globs_and_removal(writer):
     c.setup()
     # Since setup: 60 s busy (user 40 + system 20), 40 s idle/iowait; guest is inside user already.
     ps.cpu = CpuTimes(140, 0, 70, 830, 60, 0, 0, 0, 30, 0)
-    c.collect(writer)
+    publish(c, writer)
     val = writer.values
     assert val[(H.CPU, ())] == pytest.approx(0.6)
     assert (val[(H.LOAD1, ())], val[(H.LOAD5, ())], val[(H.LOAD15, ())]) == (1.5, 1.0, 0.5)
@@ -87,23 +89,39 @@ def test_readings_globs_and_removal(writer):
     # A volume unmounted, an interface gone: their series go too.
     del ps.mounts["/data1"]
     ps.nics.pop("eth0")
-    c.collect(writer)
+    publish(c, writer)
     assert sorted(lv[0] for lv in writer.series(H.FS_AVAIL)) == ["/", "/data2"]
     assert writer.series(H.NET_TX) == []
     assert (H.CPU, ()) not in writer.values, "no CPU time passed: no ratio rather than a made-up one"
 
 
+def test_readings_are_pure_values_with_their_kind():
+    """collect() only reads: gauges now, the kernel's byte totals as counter totals; two reads
+    of an unchanged host give the same readings, with no store anywhere."""
+    ps = FakePsutil()
+    c = HostCollector(settings(network_exclude=["lo", "docker*"]), psutil=ps)
+    c.setup()
+    ps.cpu = CpuTimes(140, 0, 70, 830, 60, 0, 0, 0, 30, 0)
+    got = readings(c)
+    assert got[(H.MEM_TOTAL, ())].value == 64 * 2**30 and got[(H.MEM_TOTAL, ())].kind == "gauge"
+    assert got[(H.CPU, ())].value == pytest.approx(0.6)
+    assert got[(H.NET_RX, ("eth0",))].value == 200 and got[(H.NET_RX, ("eth0",))].kind == "total"
+    again = readings(c)
+    assert (H.CPU, ()) not in again, "no CPU time passed"
+    assert {k: r for k, r in got.items() if k[0] is not H.CPU} == again
+
+
 def test_default_mountpoint_is_root_only(writer):
     c = HostCollector(settings(), psutil=FakePsutil())
     c.setup()
-    c.collect(writer)
+    publish(c, writer)
     assert writer.series(H.FS_SIZE) == [("/",)]
 
 
 def test_real_psutil_is_sane(writer):
     c = HostCollector(settings())
     c.setup()
-    c.collect(writer)
+    publish(c, writer)
     val = writer.values
     assert val[(H.MEM_TOTAL, ())] > val[(H.MEM_AVAILABLE, ())] > 0
     assert val[(H.FS_SIZE, ("/",))] >= val[(H.FS_AVAIL, ("/",))] > 0

@@ -15,9 +15,12 @@ import pytest
 from mlsidecar import catalogue as C
 from mlsidecar.collectors import CollectorSettings, CollectorUnavailable
 from mlsidecar.collectors import process as P
-from mlsidecar.collectors.process import ProcessCollector, RunningTotals, Workload
+from mlsidecar.collectors import workload as W
+from mlsidecar.collectors.process import ProcessCollector, RunningTotals
+from mlsidecar.collectors.workload import Workload
 from mlsidecar.store import SeriesWriter
 
+from .collecting import publish, readings
 from .harness import total, wait_for
 
 MB = 2**20
@@ -77,12 +80,12 @@ def v(writer, fam, *labels) -> float:
 def test_values_move_with_real_processes(spawn, writer):
     tag = f"mlsidecar-test-{uuid.uuid4().hex}"
     c = collector(mode="cmdline", cmdline=re.escape(tag), job_name="job-a")
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 0
     assert v(writer, P.RESIDENT) == 0
 
     spawn(IDLE, tag)
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 1
     rss_idle = v(writer, P.RESIDENT)
     assert rss_idle > MB
@@ -93,7 +96,7 @@ def test_values_move_with_real_processes(spawn, writer):
 
     # One that allocates memory.
     spawn(ALLOC, tag)
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 2
     rss = v(writer, P.RESIDENT)
     assert rss - rss_idle > 150 * MB
@@ -105,7 +108,7 @@ def test_values_move_with_real_processes(spawn, writer):
     burner = spawn(BURN, tag)
 
     def burned():
-        c.collect(writer)
+        publish(c, writer)
         return v(writer, P.CPU_SECONDS, "user") - user0 >= 0.5
 
     wait_for(burned, timeout=30, what="0.5 s of user CPU from the burner")
@@ -117,7 +120,7 @@ def test_values_move_with_real_processes(spawn, writer):
                                            (P.CTX_SWITCHES, "voluntary"), (P.IO_READ,), (P.IO_WRITE,)]}
     burner.kill()
     burner.wait()
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 2
     for k, old in before.items():
         assert v(writer, *k) >= old, k
@@ -128,7 +131,7 @@ def test_a_process_that_exits_on_its_own_leaves_no_stale_series(spawn, writer):
     c = collector(mode="cmdline", cmdline=re.escape(tag))
     stays = spawn(ALLOC, tag)
     leaves = spawn(IDLE, tag)
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 2
     both = v(writer, P.RESIDENT)
     cpu = v(writer, P.CPU_SECONDS, "user") + v(writer, P.CPU_SECONDS, "system")
@@ -136,10 +139,10 @@ def test_a_process_that_exits_on_its_own_leaves_no_stale_series(spawn, writer):
     deadline = time.monotonic() + 20
     while psutil.Process(leaves.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.02)
-    c.collect(writer)  # ... not reaped yet: a zombie is not the workload
+    publish(c, writer)  # ... not reaped yet: a zombie is not the workload
     assert v(writer, P.COUNT) == 1
     leaves.wait()
-    c.collect(writer)  # reaped: its PID is gone
+    publish(c, writer)  # reaped: its PID is gone
     assert v(writer, P.COUNT) == 1
     assert v(writer, P.RESIDENT) < both
     assert v(writer, P.CPU_SECONDS, "user") + v(writer, P.CPU_SECONDS, "system") >= cpu
@@ -160,15 +163,15 @@ def test_pid_file_with_and_without_children(spawn, writer, tmp_path):
     pid_file = tmp_path / "run" / "app.pid"
     c = collector(mode="auto", pid_file=str(tmp_path / "run" / "*.pid"))
     assert c.workload.mode == "pid_file"
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 0, "no PID file yet: nothing, and no error"
     pid_file.parent.mkdir()
     pid_file.write_text(f"{launcher.pid}\n")
     wait_for(lambda: len(psutil.Process(launcher.pid).children()) == 1, what="the launcher's child")
-    c.collect(writer)
+    publish(c, writer)
     assert v(writer, P.COUNT) == 2
     c2 = collector(pid_file=str(pid_file), children=False)
-    c2.collect(writer)
+    publish(c2, writer)
     assert v(writer, P.COUNT) == 1
 
 
@@ -188,12 +191,12 @@ def test_default_sidecar_root_is_the_supervisor_in_a_worker():
 
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
-    child = ctx.Process(target=lambda: q.put(P.default_sidecar_root()))
+    child = ctx.Process(target=lambda: q.put(W.default_sidecar_root()))
     child.start()
     got = q.get(timeout=20)
     child.join(20)
     assert got == os.getpid()
-    assert P.default_sidecar_root() == os.getpid()  # not in a worker: ourselves
+    assert W.default_sidecar_root() == os.getpid()  # not in a worker: ourselves
 
 
 def _proc_root(tmp_path, inode: int) -> str:
@@ -204,15 +207,15 @@ def _proc_root(tmp_path, inode: int) -> str:
 
 
 def test_auto_mode_is_sane(tmp_path):
-    host, pod = _proc_root(tmp_path, P.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
+    host, pod = _proc_root(tmp_path, W.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
     with pytest.raises(CollectorUnavailable, match="nothing to watch"):
         Workload("auto", proc_root=host, environ={})
     assert Workload("auto", proc_root=pod, environ={}).mode == "namespace"
-    assert Workload("auto", proc_root=host, environ={P.MODE_ENV: "namespace"}).mode == "namespace"
+    assert Workload("auto", proc_root=host, environ={W.MODE_ENV: "namespace"}).mode == "namespace"
     assert Workload("auto", pid_file="/x.pid", proc_root=pod, environ={}).mode == "pid_file"
     assert Workload("auto", cmdline="train", proc_root=host, environ={}).mode == "cmdline"
     with pytest.raises(CollectorUnavailable, match="MLSIDECAR_PROCESS_MODE"):
-        Workload("auto", proc_root=pod, environ={P.MODE_ENV: "everything"})
+        Workload("auto", proc_root=pod, environ={W.MODE_ENV: "everything"})
     with pytest.raises(CollectorUnavailable, match="needs the pid_file"):
         Workload("pid_file", environ={})
     with pytest.raises(CollectorUnavailable, match="not a valid regex"):
@@ -235,15 +238,21 @@ def test_running_totals_never_go_backwards():
     t.add(3, {"user": 0.25})  # a newcomer counts from zero
     t.end_poll()
     assert t.totals["user"] == 3.75
-    # Continuing after a restart: the first poll only sets the baseline.
-    t = RunningTotals(["user"], {"user": 10.0})
-    t.add(1, {"user": 5.0})
-    t.end_poll()
-    assert t.totals["user"] == 10.0
-    t.add(1, {"user": 6.0})
-    t.add(4, {"user": 2.0})
-    t.end_poll()
-    assert t.totals["user"] == 13.0
+
+
+def test_readings_are_pure_and_counters_are_totals(spawn):
+    """collect() only reads: no store; the running totals are "total" readings (the runner
+    continues them after a restart), the rest gauges."""
+    tag = f"mlsidecar-test-{uuid.uuid4().hex}"
+    spawn(IDLE, tag)
+    c = collector(mode="cmdline", cmdline=re.escape(tag))
+    got = readings(c)
+    assert got[(P.COUNT, ())].value == 1 and got[(P.COUNT, ())].kind == "gauge"
+    assert got[(P.RESIDENT, ())].value > 0
+    for key in ((P.CPU_SECONDS, ("user",)), (P.CPU_SECONDS, ("system",)), (P.CTX_SWITCHES, ("voluntary",))):
+        assert got[key].kind == "total", key
+    again = readings(c)
+    assert again[(P.CPU_SECONDS, ("user",))].value >= got[(P.CPU_SECONDS, ("user",))].value
 
 
 def test_counters_continue_from_the_metric_files_after_a_restart(spawn, tmp_path):
@@ -255,7 +264,7 @@ def test_counters_continue_from_the_metric_files_after_a_restart(spawn, tmp_path
     w.close()
     w = SeriesWriter(str(tmp_path / "m"), "collect")
     c = collector(mode="cmdline", cmdline=re.escape(tag))
-    c.collect(w)
+    publish(c, w)
     assert v(w, P.CPU_SECONDS, "user") == 1000.0
     assert v(w, P.CPU_SECONDS, "system") >= 0
     w.close()
@@ -327,12 +336,12 @@ def test_writers_of_finds_the_processes_holding_a_file_open_for_writing(spawn, t
     appender = spawn(APPENDER, str(path))
     reader = spawn(READER, str(path))
     spawn(IDLE)
-    assert P.writers_of([str(path)]) == {appender.pid}
+    assert W.writers_of([str(path)]) == {appender.pid}
     # Rotated away by rename: the same file (device and inode), so still found through its new name.
     path.rename(tmp_path / "events.jsonl.1")
-    assert P.writers_of([str(tmp_path / "events.jsonl.1")]) == {appender.pid}
-    assert P.writers_of([str(path)]) == set()
-    assert reader.pid not in P.writers_of([str(tmp_path / "events.jsonl.1")])
+    assert W.writers_of([str(tmp_path / "events.jsonl.1")]) == {appender.pid}
+    assert W.writers_of([str(path)]) == set()
+    assert reader.pid not in W.writers_of([str(tmp_path / "events.jsonl.1")])
 
 
 def test_sources_mode_looks_at_every_process_only_now_and_then(spawn, tmp_path, monkeypatch):
@@ -340,28 +349,28 @@ def test_sources_mode_looks_at_every_process_only_now_and_then(spawn, tmp_path, 
     of every process was most of the collector's CPU); a writer that stops is dropped at once."""
     path = tmp_path / "events.jsonl"
     path.touch()
-    srcs = P.SourceWriters(type("S", (), {"tail": (str(path),), "socket": ""})())
+    srcs = W.SourceWriters(type("S", (), {"tail": (str(path),), "socket": ""})())
     wl = Workload("sources", environ={}, sources=srcs, sidecar_root=None, children=False)
     first = spawn(APPENDER, str(path))
     assert {p.pid for p in wl.select()} == {first.pid}
     full_looks = []
-    real = P.writers_of
-    monkeypatch.setattr(P, "writers_of", lambda *a, **kw: full_looks.append(kw.get("only")) or real(*a, **kw))
+    real = W.writers_of
+    monkeypatch.setattr(W, "writers_of", lambda *a, **kw: full_looks.append(kw.get("only")) or real(*a, **kw))
     second = spawn(APPENDER, str(path))
     assert {p.pid for p in wl.select()} == {first.pid}  # not looked for yet
     assert full_looks == [{first.pid}]
-    monkeypatch.setattr(P, "WRITERS_LOOK_EVERY", 0.0)
+    monkeypatch.setattr(W, "WRITERS_LOOK_EVERY", 0.0)
     assert {p.pid for p in wl.select()} == {first.pid, second.pid}
     assert full_looks[-1] is None
-    monkeypatch.setattr(P, "WRITERS_LOOK_EVERY", 3600.0)
+    monkeypatch.setattr(W, "WRITERS_LOOK_EVERY", 3600.0)
     first.kill()
     first.wait()
     assert {p.pid for p in wl.select()} == {second.pid}
 
 
 def test_auto_mode_on_a_host_watches_the_writers_of_the_sources(tmp_path):
-    host, pod = _proc_root(tmp_path, P.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
-    srcs = P.SourceWriters(type("S", (), {"tail": ("/logs/*.jsonl",), "socket": ""})())
+    host, pod = _proc_root(tmp_path, W.INIT_PID_NS_INODE), _proc_root(tmp_path, 4026532199)
+    srcs = W.SourceWriters(type("S", (), {"tail": ("/logs/*.jsonl",), "socket": ""})())
     assert Workload("auto", proc_root=host, environ={}, sources=srcs).mode == "sources"
     assert Workload("auto", proc_root=pod, environ={}, sources=srcs).mode == "namespace"
     with pytest.raises(CollectorUnavailable, match="needs a --tail or --socket"):
@@ -370,7 +379,7 @@ def test_auto_mode_on_a_host_watches_the_writers_of_the_sources(tmp_path):
 
 def sidecar_env() -> dict:
     # In a container's PID namespace "auto" means the whole namespace; ask for "sources" there.
-    return {} if P.in_initial_pid_namespace() is not False else {P.MODE_ENV: "sources"}
+    return {} if W.in_initial_pid_namespace() is not False else {W.MODE_ENV: "sources"}
 
 
 def test_bare_run_tail_finds_the_writer_and_its_child(spawn, tmp_path, sidecar_factory):
@@ -428,7 +437,7 @@ def test_another_users_writer_cannot_be_seen_and_is_counted(spawn, tmp_path):
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            srcs = P.SourceWriters(type("S", (), {"tail": (str(events),), "socket": ""})())
+            srcs = W.SourceWriters(type("S", (), {"tail": (str(events),), "socket": ""})())
             wl = Workload("sources", environ={}, sources=srcs, sidecar_root=None)
             out = {"selected": [p.pid for p in wl.select()], "uninspectable": wl.uninspectable,
                    "uid": os.geteuid()}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -298,8 +300,18 @@ def test_gpu_worker_charges_the_workloads_share_and_continues_after_a_restart(tm
 
 
 def test_process_worker_charges_cpu_and_memory(tmp_path, keep_signals):
+    # A workload that keeps a CPU busy: a clock tick (10 ms) of CPU between readings is certain.
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _charges_cpu_and_memory(tmp_path, burner.pid)
+    finally:
+        burner.kill()
+        burner.wait()
+
+
+def _charges_cpu_and_memory(tmp_path, pid: int) -> None:
     pid_file = tmp_path / "me.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
+    pid_file.write_text(f"{pid}\n")
     cfg = configmod.from_dict({
         "state_dir": str(tmp_path / "s"),
         "collectors": {"gpu": {"enabled": False},
@@ -311,7 +323,6 @@ def test_process_worker_charges_cpu_and_memory(tmp_path, keep_signals):
     mem = v[(COST_TOTAL, ("memory", "on_demand", "", ""))]
     rss_gib = v[(next(f for f, _ in v if f.name == "ml_process_resident_memory_bytes"), ())] / GIB
     assert rss_gib * 0.3 < mem < rss_gib * 3.0, (mem, rss_gib)
-    # The collector itself runs in this (watched) process, so some CPU is used between readings.
     cpu = v[(COST_TOTAL, ("cpu", "on_demand", "", ""))]
     assert 0 < cpu < 3.0, cpu
 
@@ -325,7 +336,7 @@ def test_gpu_collector_devices_attribution_charges_the_containers_gpus_wholly(tm
                      environ={"NVIDIA_VISIBLE_DEVICES": UUID1})
     c.setup()
     try:
-        c.collect(SeriesWriter(str(tmp_path), "gpu"))
+        c.collect()
     finally:
         c.close()
     # Only the GPU the container was given, whoever else runs on the machine's other GPU.

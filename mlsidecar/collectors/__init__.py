@@ -6,20 +6,61 @@ on or off by config (``[collectors.NAME] enabled``) and by
 ``--collector.NAME`` / ``--no-collector.NAME``; each runs on its own interval,
 and its success and duration are exported as ``mlsidecar_collector_up`` and
 ``mlsidecar_collector_duration_seconds``.
+
+A collector only reads: ``collect()`` returns :class:`Reading` values and touches
+no store. The runner (mlsidecar/runtime/collect.py) publishes them, removes the
+series a collector no longer reads, continues counters across restarts and holds
+each collector to its deadline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from ..catalogue import Family
 from ..section import Section
 
+# What a reading's value means to the runner:
+# - "gauge": the value now.
+# - "total": a counter's total as the collector reads or keeps it (NVML's ECC count, the kernel's
+#   bytes, the sum of the workload's CPU seconds). After a restart the runner continues the series
+#   from the metric files: the first total it sees is then the baseline, so a counter that was
+#   higher before the restart does not go backwards.
+# - "increment": a counter's growth since the collector's previous reading (XID errors); the
+#   runner adds it to the series' total, the one in the metric files after a restart.
+Kind = Literal["gauge", "total", "increment"]
+TOTAL: Kind = "total"
+INCREMENT: Kind = "increment"
+
 REGISTRY: dict[str, type[Collector]] = {}
+DEFAULT_DEADLINE = 30.0
 
 
 class CollectorUnavailable(Exception):
-    """What a collector needs is not here (no NVML, no GPU, no process to watch)."""
+    """What a collector needs is not here (no NVML, no GPU, no process to watch).
+
+    Raised by ``setup`` (tried again later) or by ``collect`` (the collector is set up again
+    later); the runner removes the series the collector published."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value a collector read: a series of ``family`` and what its value means."""
+
+    family: Family
+    labels: tuple[str, ...]
+    value: float
+    kind: Kind = "gauge"
+
+
+class Partial(Exception):
+    """Some of the readings could be taken (a GPU of several is lost): the runner publishes
+    ``readings`` and marks the run failed with this message."""
+
+    def __init__(self, message: str, readings: list[Reading]):
+        super().__init__(message)
+        self.readings = readings
 
 
 @dataclass(frozen=True)
@@ -37,9 +78,9 @@ class Collector:
     and ``options`` (option name -> (type, default)), and implement
     :meth:`setup` and :meth:`collect`.
 
-    ``collect(writer)`` sets gauges/counters on a
-    :class:`mlsidecar.store.SeriesWriter` (``set_gauge``, ``set_counter``,
-    ``remove``); raising marks the run failed (``up=0``).
+    ``collect()`` returns what it read; raising marks the run failed (``up=0``) and
+    leaves the series as they were (see :class:`Partial` and
+    :class:`CollectorUnavailable` for the two exceptions).
     """
 
     name: ClassVar[str] = ""
@@ -56,8 +97,13 @@ class Collector:
     def setup(self) -> None:
         """Open what the collector reads; raise CollectorUnavailable when it cannot."""
 
-    def collect(self, writer) -> None:
+    def collect(self) -> list[Reading]:
         raise NotImplementedError
+
+    def deadline(self) -> float:
+        """Seconds one ``collect`` may take before the runner gives up on it (``up=0``; a call
+        still stuck is not started again until it returns)."""
+        return DEFAULT_DEADLINE
 
     def close(self) -> None:
         """Release what setup opened."""

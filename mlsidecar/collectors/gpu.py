@@ -7,11 +7,10 @@ pynvml call boundary, with no monkeypatching.
 - Every reading a device does not support (``NVMLError_NotSupported``, a
   function the driver lacks, no permission) is remembered per device and not
   asked again.
-- The collector runs in a worker process of its own (``own_process``), and its
-  NVML calls run in a reader thread with a deadline (``call_timeout``): a hung
-  driver call neither blocks a scrape nor freezes stale values behind
-  ``up=1`` -- the GPU series are withdrawn and ``up`` goes to 0 until NVML
-  answers again.
+- The collector runs on a thread of its own (``own_process``), and the runner
+  holds each collect to a deadline (``call_timeout``): a hung driver call
+  neither blocks a scrape nor freezes stale values behind ``up=1`` -- the GPU
+  series are withdrawn and ``up`` goes to 0 until NVML answers again.
 - No NVML library, no driver, or no GPU: :class:`CollectorUnavailable` from
   :meth:`setup` (``up=0`` and one log line), never a crash.
 - XID errors come from an NVML event-watcher thread and are counted per GPU
@@ -35,7 +34,6 @@ import ctypes
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +41,18 @@ from .. import catalogue as C
 from ..catalogue import COUNTER, GAUGE, Family
 from ..cost import Usage, gpu_shares
 from ..logs import RateLimitedLog
-from . import Collector, CollectorSettings, CollectorUnavailable, register
-from .process import (
+from . import (
+    INCREMENT,
+    TOTAL,
+    Collector,
+    CollectorSettings,
+    CollectorUnavailable,
+    Partial,
+    Reading,
+    register,
+)
+from .workload import (
     WORKLOAD_OPTIONS,
-    Published,
     SourceWriters,
     Workload,
     in_initial_pid_namespace,
@@ -248,12 +254,9 @@ class GpuCollector(Collector):
         self.attribution = "none"
         self.workload: Workload | None = None
         self.xid: XidWatcher | None = None
-        self._xid_start: dict[tuple, float] = {}
+        self._xid_last: dict[tuple[str, ...], int] = {}  # the watcher's counts at the last collect
         self._gpm_prev: dict[tuple, Any] = {}
         self._names: dict[int, str] = {}
-        self._published = Published()
-        self._reader: threading.Thread | None = None
-        self._reader_since = 0.0
         self._initialised = False
         self._errors = RateLimitedLog(log, interval=600.0)
         self.usage: Usage | None = None
@@ -309,6 +312,7 @@ class GpuCollector(Collector):
         if self.settings.options.get("xid_events", True):
             try:
                 self.xid = XidWatcher(nv, self.gpus)
+                self._xid_last = {}
                 self.xid.start()
             except nv.NVMLError as exc:
                 log.info("XID events not available: %s", exc)
@@ -631,45 +635,28 @@ class GpuCollector(Collector):
                 out[(C.TRAINING_GPU_UTIL, (job, str(g.index)))] = round(v * 100.0, 6)
 
     # --- the collector interface ------------------------------------------
-    def collect(self, writer) -> None:
-        if self._reader is not None and self._reader.is_alive():
-            raise TimeoutError(f"an NVML call has not returned for {time.monotonic() - self._reader_since:.0f}s "
-                               "(hung driver?); GPU readings paused")
-        self._reader = None
-        box: dict = {}
-
-        def read() -> None:
-            try:
-                box["result"] = self._read_all()
-            except BaseException as exc:  # noqa: BLE001 - handed to the collecting thread
-                box["error"] = exc
-
-        t = threading.Thread(target=read, name="nvml-read", daemon=True)
-        self._reader_since = time.monotonic()
-        t.start()
-        timeout = float(self.settings.options.get("call_timeout", 10.0))
-        t.join(timeout)
-        if t.is_alive():
-            self._reader = t
-            self._published.clear(writer)
-            raise TimeoutError(f"NVML did not answer within {timeout:g}s (hung driver?); GPU readings paused")
-        if "error" in box:
-            exc = box["error"]
-            if isinstance(exc, _Fatal):
-                self._published.clear(writer)
-                self._stop()
-                raise CollectorUnavailable(f"NVML stopped answering: {exc}")
-            raise exc
-        readings, lost = box["result"]
-        xid_keys = [k for k in readings if k[0] is XID]
-        for k in xid_keys:
-            # Continue from the total in the metric files after a worker restart.
-            if k not in self._xid_start:
-                self._xid_start[k] = writer.values.get(k, 0.0) if k not in self._published.keys else 0.0
-            readings[k] += self._xid_start[k]
-        self._published.update(writer, readings)
+    def collect(self) -> list[Reading]:
+        try:
+            values, lost = self._read_all()
+        except _Fatal as exc:
+            self._stop()
+            raise CollectorUnavailable(f"NVML stopped answering: {exc}") from None
+        readings = []
+        for (fam, labels), value in values.items():
+            if fam is XID:
+                # The watcher counts from its start; the runner adds the growth to the total
+                # (the one in the metric files after a worker restart).
+                last = self._xid_last.get(labels, 0)
+                self._xid_last[labels] = int(value)
+                readings.append(Reading(fam, labels, float(value - last), INCREMENT))
+            else:
+                readings.append(Reading(fam, labels, float(value), TOTAL if fam.type == COUNTER else "gauge"))
         if lost:
-            raise RuntimeError("; ".join(lost))
+            raise Partial("; ".join(lost), readings)
+        return readings
+
+    def deadline(self) -> float:
+        return float(self.settings.options.get("call_timeout", 10.0))
 
     def _stop(self) -> None:
         if self.xid is not None:
@@ -689,6 +676,4 @@ class GpuCollector(Collector):
                 pass
 
     def close(self) -> None:
-        if self._reader is not None and self._reader.is_alive():
-            return  # a call is stuck in the driver; do not wait on it at exit
         self._stop()

@@ -19,8 +19,7 @@ import os
 from typing import Any
 
 from ..catalogue import COUNTER, GAUGE, Family
-from . import Collector, CollectorSettings, CollectorUnavailable, register
-from .process import Published
+from . import TOTAL, Collector, CollectorSettings, CollectorUnavailable, Reading, register
 
 
 def _f(*args: Any, **kwargs: Any) -> Family:
@@ -79,11 +78,10 @@ class HostCollector(Collector):
         "network_exclude": (tuple, ("lo",)),
     }
 
-    def __init__(self, settings: CollectorSettings, psutil=None, **handles: Any):
+    def __init__(self, settings: CollectorSettings, psutil: Any = None, **handles: Any):
         super().__init__(settings)
         self._psutil = psutil
-        self._published = Published()
-        self._cpu_last = None
+        self._cpu_last: Any = None
 
     def setup(self) -> None:
         if self._psutil is None:
@@ -122,35 +120,36 @@ class HostCollector(Collector):
                 found.append(mp)
         return found
 
-    def collect(self, writer) -> None:
+    def collect(self) -> list[Reading]:
         ps = self._psutil
-        out: dict = {}
+        out: list[Reading] = []
         ratio = self._cpu_ratio()
         if ratio is not None:
-            out[(CPU, ())] = ratio
+            out.append(Reading(CPU, (), ratio))
         try:
             l1, l5, l15 = ps.getloadavg() if hasattr(ps, "getloadavg") else os.getloadavg()
-            out[(LOAD1, ())], out[(LOAD5, ())], out[(LOAD15, ())] = float(l1), float(l5), float(l15)
+            out += [Reading(LOAD1, (), float(l1)), Reading(LOAD5, (), float(l5)), Reading(LOAD15, (), float(l15))]
         except OSError:
             pass
         vm = ps.virtual_memory()
-        out[(MEM_TOTAL, ())] = float(vm.total)
-        out[(MEM_AVAILABLE, ())] = float(vm.available)
+        out.append(Reading(MEM_TOTAL, (), float(vm.total)))
+        out.append(Reading(MEM_AVAILABLE, (), float(vm.available)))
         sw = ps.swap_memory()
-        out[(SWAP_USED, ())] = float(sw.used)
-        out[(SWAP_TOTAL, ())] = float(sw.total)
+        out.append(Reading(SWAP_USED, (), float(sw.used)))
+        out.append(Reading(SWAP_TOTAL, (), float(sw.total)))
         for mp in self._mounts():
             try:
                 du = ps.disk_usage(mp)
             except OSError:  # unmounted between the listing and now, or not ours to read
                 continue
-            out[(FS_SIZE, (mp,))] = float(du.total)
-            out[(FS_AVAIL, (mp,))] = float(du.free)
+            out.append(Reading(FS_SIZE, (mp,), float(du.total)))
+            out.append(Reading(FS_AVAIL, (mp,), float(du.free)))
         for dev, io in ps.net_io_counters(pernic=True).items():
             if not any(fnmatch.fnmatchcase(dev, p) for p in self.net_include):
                 continue
             if any(fnmatch.fnmatchcase(dev, p) for p in self.net_exclude):
                 continue
-            out[(NET_RX, (dev,))] = float(io.bytes_recv)
-            out[(NET_TX, (dev,))] = float(io.bytes_sent)
-        self._published.update(writer, out)
+            # The kernel's totals since the interface came up.
+            out.append(Reading(NET_RX, (dev,), float(io.bytes_recv), TOTAL))
+            out.append(Reading(NET_TX, (dev,), float(io.bytes_sent), TOTAL))
+        return out
