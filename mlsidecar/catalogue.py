@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import astuple, dataclass, field
 from types import MappingProxyType
 
+from .fileformat import stored_name
+
 COUNTER = "counter"
 GAUGE = "gauge"
 HISTOGRAM = "histogram"
@@ -72,7 +74,7 @@ def exposed_names(name: str, typ: str) -> tuple[str, ...]:
     """The names a family takes in the text format and in OpenMetrics: its family name(s)
     and the names of its samples."""
     if typ == COUNTER:
-        base = name[:-6] if name.endswith("_total") else name
+        base = stored_name(name, typ)
         return (base, base + "_total", base + "_created")
     if typ == HISTOGRAM:
         return (name, name + "_bucket", name + "_count", name + "_sum", name + "_created")
@@ -81,7 +83,7 @@ def exposed_names(name: str, typ: str) -> tuple[str, ...]:
 
 def suffix_clash(name: str, typ: str) -> str | None:
     """Why ``name`` reads as a sample of some other family (it ends in a sample suffix), or None."""
-    base = name[:-6] if typ == COUNTER and name.endswith("_total") else name
+    base = stored_name(name, typ)
     for suffix in SAMPLE_SUFFIXES:
         if base.endswith(suffix):
             return f"{name} ends in {suffix}, which is how samples of other families are named"

@@ -23,19 +23,28 @@ import mmap
 import operator
 import os
 import re
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from prometheus_client.utils import floatToGoString
 
 from . import catalogue
 from .catalogue import PIPELINE_DATA_TS, PIPELINE_FRESHNESS, Catalogue, Family
-from .store import CorruptFile, iter_raw_entries
-from .store import metric_name as metric_key_name
+from .fileformat import (
+    HEADER,
+    BadKey,
+    CorruptFile,
+    family_name,
+    is_metric_file,
+    iter_raw_entries,
+    parse_file_name,
+    parse_key,
+    read_used,
+    stored_name,
+)
+from .fileformat import metric_name as metric_key_name
 
 if TYPE_CHECKING:
     from .exemplars import ExemplarReader
@@ -48,7 +57,6 @@ Exemplars = dict[tuple[LabelItems, str], tuple[str, float, float]]
 Getter = Callable[["memoryview[float]"], tuple[float, ...]]
 HistogramPlan = list[tuple[int, list[tuple[int, str]], str, str]]
 
-_INT = struct.Struct("i")
 INF = math.inf
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -161,15 +169,12 @@ class _FileView:
 
     def __init__(self, path: str, reader: MetricsReader):
         self.path = path
-        parts = os.path.basename(path)[:-3].split("_")
-        self.type = parts[0]
-        self.mode = parts[1] if self.type == "gauge" and len(parts) > 2 else ""
-        self.identity = parts[-1]
+        self.type, self.mode, self.identity = parse_file_name(path)
         self.reader = reader
         self.ino: int | None = None
         self.mm: mmap.mmap | None = None
         self.doubles: memoryview[float] | None = None
-        self.parsed = 8
+        self.parsed = HEADER
         self.slots: list[int] = []
         self.indexes: list[int] = []
         self.getter: Getter | None = None
@@ -192,10 +197,10 @@ class _FileView:
         if st.st_ino != self.ino:
             self.close()
             self.ino = st.st_ino
-            self.parsed = 8
+            self.parsed = HEADER
             self.slots, self.indexes = [], []
             self.getter = self.ts_getter = None
-        if st.st_size < 8 or st.st_size % 8:
+        if st.st_size < HEADER or st.st_size % 8:
             return False
         mm = self.mm
         if mm is None or len(mm) < st.st_size:
@@ -203,8 +208,8 @@ class _FileView:
             with open(self.path, "rb") as fh:
                 mm = self.mm = mmap.mmap(fh.fileno(), st.st_size, access=mmap.ACCESS_READ)
             self.doubles = memoryview(mm).cast("d")
-        (used,) = _INT.unpack_from(mm, 0)
-        if used > len(mm) or used < 8:
+        used = read_used(mm)
+        if used > len(mm) or used < HEADER:
             return False
         if used > self.parsed:
             try:
@@ -276,19 +281,8 @@ class MetricsReader:
     def _slot(self, view: _FileView, raw: bytes) -> int | None:
         """The slot of one key, or None when the key cannot be served (skipped and counted)."""
         try:
-            key = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            self._skip(SKIP_BAD_KEY)
-            return None
-        if not (type(key) is list and len(key) == 4):
-            self._skip(SKIP_BAD_KEY)
-            return None
-        metric_name, sample_name, labels, help_text = key
-        if not (type(metric_name) is str and type(sample_name) is str and type(labels) is dict
-                and type(help_text) is str):
-            self._skip(SKIP_BAD_KEY)
-            return None
-        if any(type(v) not in (str, int, float) for v in labels.values()):
+            metric_name, sample_name, labels, help_text = parse_key(raw)
+        except BadKey:
             self._skip(SKIP_BAD_KEY)
             return None
         if view.mode in ("all", "liveall"):
@@ -353,7 +347,7 @@ class MetricsReader:
 
     def _claim(self, name: str, typ: str) -> bool:
         """Reserve every sample name a new family writes; False when another family has one."""
-        owner = (name[:-6] if typ == "counter" and name.endswith("_total") else name, typ)
+        owner = (stored_name(name, typ), typ)
         names = _sample_names(owner[0], typ)
         if any(self._claimed.get(n, owner) != owner for n in names):
             return False
@@ -369,7 +363,7 @@ class MetricsReader:
             except FileNotFoundError:
                 continue
             for name in names:
-                if name.endswith(".db"):
+                if is_metric_file(name):
                     seen.add(os.path.join(d, name))
         for path in list(self.files):
             if path not in seen:
@@ -463,14 +457,14 @@ class MetricsReader:
 
     def _header(self, out: list[str], name: str, typ: str, help_text: str, openmetrics: bool) -> None:
         if openmetrics:
-            base = name[:-6] if typ == "counter" and name.endswith("_total") else name
+            base = stored_name(name, typ)
             out.append(f"# TYPE {base} {typ}")
             unit = unit_of(base, self.catalogue)
             if unit:
                 out.append(f"# UNIT {base} {unit}")
             out.append(f"# HELP {base} {escape_help(help_text).replace(chr(34), chr(92) + chr(34))}")
         else:
-            full = name + "_total" if typ == "counter" and not name.endswith("_total") else name
+            full = family_name(name, typ)
             out.append(f"# HELP {full} {escape_help(help_text)}")
             out.append(f"# TYPE {full} {typ}")
 

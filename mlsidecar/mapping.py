@@ -47,6 +47,7 @@ from .events import (
     timestamp,
 )
 from .exemplars import ExemplarStore, check_trace_id
+from .fileformat import family_name
 from .logs import RateLimitedLog
 from .runs import STATUSES as RUN_STATUSES
 from .runs import TrainingRuns
@@ -454,8 +455,7 @@ class Mapper:
                 buckets: tuple[float, ...] | None = None) -> Family:
         """A user family, made on first use (in ``user_families``); its name, type and labels
         are then fixed."""
-        if typ == C.COUNTER and not name.endswith("_total"):
-            name += "_total"
+        name = family_name(name, typ)
         fam = self._dynamic.get(name)
         if fam is None:
             if not METRIC_NAME.match(name):

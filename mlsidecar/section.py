@@ -83,9 +83,9 @@ class Section:
         """Refuse the keys no one read, with the nearest known one as a hint."""
         for k in self.data:
             if k not in self.used:
-                hint = difflib.get_close_matches(k, sorted(self.used), n=1)
+                hint = difflib.get_close_matches(str(k), sorted(self.used), n=1)
                 extra = f" (did you mean '{self.key(hint[0])}'?)" if hint else ""
-                raise self.error(k, f"unknown key{extra}")
+                raise self.error(str(k), f"unknown key{extra}")
 
 
 def _kind_name(kind: type) -> str:

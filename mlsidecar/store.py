@@ -15,42 +15,44 @@ positions: the new absolute values and the positions go to a journal file
 the last journal. Absolute values make the replay idempotent, so ``kill -9``
 at any instant neither loses nor re-counts a line.
 
-The entry layout (see prometheus_client.mmap_dict): a 4-byte ``used`` header,
-4 bytes padding, then entries of ``int32 len, utf-8 key padded to 8, double
-value, double timestamp``. The timestamp is the last update time (unix
-seconds); a negative timestamp marks a series as removed.
+File names, keys, the entry layout and what is done with a broken file belong
+to :mod:`mlsidecar.fileformat`; this module decides what is written when.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import math
 import os
-import shutil
-import struct
 import time
 from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.utils import floatToGoString
 
 from .catalogue import COUNTER, GAUGE, HISTOGRAM, Catalogue, Family, UserFamilies, builtin
+from .fileformat import (
+    CorruptFile,
+    belongs_to,
+    bucket_bounds,
+    decode_key,
+    encode_key,
+    entry_size,
+    file_name,
+    file_type_of,
+    read_file,
+    rewrite_file,
+    scan_entries,
+)
+from .fileformat import move_aside as _move_aside
+from .fileformat import remove as _remove
 
 log = logging.getLogger(__name__)
 
-_INT = struct.Struct("i")
-_TWO_DOUBLES = struct.Struct("dd")
-
 Labels = tuple[str, ...]
 SeriesKey = tuple[Family, Labels]
-
-
-class CorruptFile(Exception):
-    """A metric file whose entries run past its end (a crash mid-write, or not ours)."""
 
 
 class StateWriteError(OSError):
@@ -64,54 +66,6 @@ FAULT_POSITIONS = "positions_lost"  # values found without the positions they be
 FAULT_FILE = "metric_file_corrupt"  # metric file that cannot be read, moved aside
 FAULT_ENTRY = "metric_entry_corrupt"  # entries with a bad key or an impossible value, dropped
 FAULT_WRITE = "write_failed"  # a flush the state dir refused (kept, written again later)
-
-_MAX_FUTURE = 86400.0  # a timestamp further ahead than this is not one we wrote
-
-
-def iter_raw_entries(buf: Any, start: int, used: int) -> Iterator[tuple[bytes, int]]:
-    """(key bytes, offset of the value) for the entries in ``buf[start:used]``: the one place
-    that walks prometheus_client's entry layout (length, key, padding, value, timestamp).
-
-    The keys stay bytes: one that is not UTF-8 or not JSON is the caller's to skip, and the
-    entries after it are still read.
-    """
-    pos = start
-    while pos < used:
-        if pos + 4 > used:
-            raise CorruptFile(f"entry header at {pos} runs past {used}")
-        (length,) = _INT.unpack_from(buf, pos)
-        padded = length + (8 - (length + 4) % 8)
-        end = pos + 4 + padded + 16
-        if length <= 0 or end > used:
-            raise CorruptFile(f"entry at {pos} of length {length} runs past {used}")
-        yield bytes(buf[pos + 4:pos + 4 + length]), pos + 4 + padded
-        pos = end
-
-
-def iter_entries(buf: Any, start: int, used: int) -> Iterator[tuple[str, int]]:
-    """Yield (key, offset of the value) for the entries in ``buf[start:used]``."""
-    for key, off in iter_raw_entries(buf, start, used):
-        yield key.decode("utf-8"), off
-
-
-def file_name(family: Family, identity: str) -> str:
-    """The multiprocess file a family's series of one worker live in."""
-    if family.type == GAUGE:
-        return f"gauge_{family.gauge_mode}_{identity}.db"
-    return f"{family.type}_{identity}.db"
-
-
-def bucket_bounds(family: Family) -> list[str]:
-    """The ``le`` label values of a histogram, ending with +Inf (formatted once per bucket set:
-    a restart asks for them once per stored histogram sample)."""
-    bounds = _BOUNDS.get(family.buckets)
-    if bounds is None:
-        bounds = _BOUNDS[family.buckets] = [floatToGoString(b) for b in family.buckets] + ["+Inf"]
-    return bounds
-
-
-_BOUNDS: dict[tuple, list[str]] = {}
-
 
 class SeriesWriter:
     """The metric files of one worker identity, and the journal that keeps them crash-safe.
@@ -175,10 +129,9 @@ class SeriesWriter:
         (``*.corrupt``), bad entries are dropped, and each is logged and kept in ``faults``.
         """
         os.makedirs(self.directory, exist_ok=True)
-        suffix = f"_{self.identity}.db"
         now = self.clock()
         for name in sorted(os.listdir(self.directory)):
-            if name.endswith(suffix):
+            if self._owns(name):
                 self._check_file(os.path.join(self.directory, name), now)
         journal = self._read_journal()
         if journal is not None:
@@ -189,11 +142,11 @@ class SeriesWriter:
             self.close()
         files = []
         for name in sorted(os.listdir(self.directory)):
-            if not name.endswith(suffix):
+            if not self._owns(name):
                 continue
             path = os.path.join(self.directory, name)
             try:
-                entries = list(_read_file(path))
+                entries = list(read_file(path))
             except (CorruptFile, OSError, ValueError) as exc:  # broken since the check
                 _move_aside(path)
                 self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc}); moved aside")
@@ -204,7 +157,7 @@ class SeriesWriter:
         loaded: list[tuple[str, str, float]] = []
         now = self.clock()
         for name, path, entries in files:
-            file_type = name.split("_", 1)[0]
+            file_type = file_type_of(name)
             kept = []
             for key, value, ts in entries:
                 if ts >= 0 and not self._expired(key, ts, now):
@@ -224,15 +177,19 @@ class SeriesWriter:
             for sk in self.values:
                 self._stage(sk, time.time())
 
+    def _owns(self, name: str) -> bool:
+        """Is ``name`` one of this writer's metric files?"""
+        return belongs_to(name, self.identity)
+
     def _register_stored(self, files) -> None:
         """Rebuild the families of stored keys that are not built in (user metrics, user
         mappings: made on their first event) from all their keys, into ``user_families``, so
         a restart restores them whole and the next event finds them as they were."""
         found: dict[str, list] = {}
         for name, _path, entries in files:
-            file_type = name.split("_", 1)[0]
+            file_type = file_type_of(name)
             for key, _value, _ts in entries:
-                metric_name, _sample, labels, help_text = orjson.loads(key)
+                metric_name, _sample, labels, help_text = decode_key(key)
                 if self.user_families.stored(metric_name) is not None:
                     continue
                 full = metric_name + "_total" if file_type == COUNTER else metric_name
@@ -249,7 +206,7 @@ class SeriesWriter:
                 fed_by="metric"))
 
     def _expired(self, key: str, ts: float, now: float) -> bool:
-        name = orjson.loads(key)[0]
+        name = decode_key(key)[0]
         ttl = self.expiry.get(name, self.expiry.get(name + "_total", math.inf))
         return ts < now - ttl
 
@@ -262,7 +219,7 @@ class SeriesWriter:
         f = self._files.pop(name, None)
         if f is not None:
             f.close()
-        _rewrite(path, kept)
+        rewrite_file(path, kept)
 
     def _read_journal(self) -> dict | None:
         """The last journal, checked; one that cannot be used is moved aside (None)."""
@@ -293,7 +250,7 @@ class SeriesWriter:
 
     def _check_file(self, path: str, now: float) -> None:
         """Move aside a metric file that cannot be read, or drop its impossible entries."""
-        file_type = os.path.basename(path).split("_", 1)[0]
+        file_type = file_type_of(path)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -304,7 +261,7 @@ class SeriesWriter:
         if not problems:
             return
         aside = _move_aside(path, copy=True)
-        _rewrite(path, good)
+        rewrite_file(path, good)
         kind = FAULT_ENTRY if good else FAULT_FILE
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         self._fault(kind, f"metric file {path}: {'; '.join(problems[:3])}{more}; the file as found "
@@ -328,7 +285,7 @@ class SeriesWriter:
         return gone
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
-        metric_name, sample_name, labels, _help = orjson.loads(key)  # several times json's speed
+        metric_name, sample_name, labels, _help = decode_key(key)
         fam = self.user_families.stored(metric_name)
         if fam is None or fam.type != file_type:
             return  # a family that could not be rebuilt (or of another type): its keys are dropped below
@@ -372,8 +329,7 @@ class SeriesWriter:
         for name, key in pending:
             f = self._file(name)
             if key not in f._positions:
-                n = len(key.encode())
-                need[name] = need.get(name, 0) + 4 + n + (8 - (n + 4) % 8) + 16
+                need[name] = need.get(name, 0) + entry_size(key)
         for name, n in need.items():
             f = self._files[name]
             capacity = f._capacity
@@ -400,12 +356,12 @@ class SeriesWriter:
         if fam.type == HISTOGRAM:
             keys = []
             for le in bucket_bounds(fam):
-                keys.append(_key(fam, fam.name + "_bucket", {**labels, "le": le}))
-            keys.append(_key(fam, fam.name + "_sum", labels))
+                keys.append(encode_key(fam, fam.name + "_bucket", {**labels, "le": le}))
+            keys.append(encode_key(fam, fam.name + "_sum", labels))
             self._keys[sk] = keys
             self.values[sk] = [0.0] * (len(fam.buckets) + 2)
         else:
-            self._keys[sk] = [_key(fam, fam.name, labels)]
+            self._keys[sk] = [encode_key(fam, fam.name, labels)]
             self.values[sk] = 0.0
         return True
 
@@ -541,22 +497,6 @@ def series_weight(fam: Family) -> int:
     return len(fam.buckets) + 3 if fam.type == HISTOGRAM else 1
 
 
-def metric_name(fam: Family) -> str:
-    """The family name as prometheus_client stores it: counters without ``_total``."""
-    if fam.type == COUNTER and fam.name.endswith("_total"):
-        return fam.name[:-6]
-    return fam.name
-
-
-def _key(fam: Family, sample_name: str, labels: dict[str, str]) -> str:
-    return _KEY_ENCODER.encode([metric_name(fam), sample_name, labels, fam.help])
-
-
-# json.dumps(..., sort_keys=True) exactly (prometheus_client's key format), without building an
-# encoder per call: a restart with 100k series makes one key per stored sample.
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True)
-
-
 _INF = math.inf
 NONFINITE = ("NaN", "+Inf", "-Inf")
 
@@ -582,111 +522,6 @@ def _check_journal(journal: Any, suffix: str) -> None:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[tuple[str, float, float]], list[str]]:
-    """The entries of a metric file that can be trusted, and what is wrong with the others.
-
-    A key must be the JSON prometheus_client writes; a value must be finite, and for counters
-    and histograms not negative; a timestamp is -1 (removed), or between 0 and now + 1 day.
-    A bit flipped in a value is found when it breaks one of these, not always.
-    """
-    problems: list[str] = []
-    good: list[tuple[str, float, float]] = []
-    if len(data) < 8:
-        return good, ([] if not data else ["shorter than its header"])
-    (used,) = _INT.unpack_from(data, 0)
-    if used == 0:
-        return good, ["header zeroed (all values lost)"]
-    if used < 8 or used > len(data):
-        return good, [f"header says {used} bytes used, file has {len(data)}"]
-    pos = 8
-    while pos < used:
-        if pos + 4 > used:
-            problems.append(f"entry header at {pos} runs past {used}")
-            break
-        (length,) = _INT.unpack_from(data, pos)
-        padded = length + (8 - (length + 4) % 8)
-        end = pos + 4 + padded + 16
-        if length <= 0 or end > used:
-            problems.append(f"entry at {pos} of length {length} runs past {used}")
-            break
-        raw = data[pos + 4:pos + 4 + length]
-        value, ts = _TWO_DOUBLES.unpack_from(data, pos + 4 + padded)
-        pos = end
-        try:
-            key = raw.decode("utf-8")
-            parsed = orjson.loads(key)
-            if not (isinstance(parsed, list) and len(parsed) == 4 and isinstance(parsed[0], str)
-                    and isinstance(parsed[1], str) and isinstance(parsed[2], dict)
-                    and all(isinstance(k, str) and isinstance(v, str) for k, v in parsed[2].items())
-                    and isinstance(parsed[3], str)):
-                raise ValueError("not a series key")
-        except ValueError as exc:
-            problems.append(f"bad key {raw[:60]!r} ({type(exc).__name__})")
-            continue
-        # A gauge may be NaN or infinite (a comparison not computable yet, a NaN loss); a counter
-        # or histogram value may not, nor be negative.
-        if file_type != GAUGE and (not math.isfinite(value) or value < 0):
-            problems.append(f"impossible value {value!r} for {parsed[0]}")
-            continue
-        if not (ts == -1.0 or 0.0 <= ts <= now + _MAX_FUTURE):
-            problems.append(f"impossible timestamp {ts!r} for {parsed[0]}")
-            continue
-        good.append((key, value, ts))
-    return good, problems
-
-
-def _rewrite(path: str, entries: list[tuple[str, float, float]]) -> None:
-    """Replace a metric file, atomically, by one holding ``entries``."""
-    tmp = path + ".compact"
-    _remove(tmp)
-    fresh = MmapedDict(tmp)
-    try:
-        for key, value, ts in entries:
-            fresh.write_value(key, value, ts)
-    finally:
-        fresh.close()
-    os.replace(tmp, path)
-
-
-def _move_aside(path: str, copy: bool = False) -> str:
-    """Keep a file we cannot use as ``path.corrupt`` (``.corrupt.N`` if that is taken)."""
-    aside = path + ".corrupt"
-    n = 1
-    while os.path.lexists(aside):
-        aside = f"{path}.corrupt.{n}"
-        n += 1
-    if copy:
-        shutil.copyfile(path, aside)
-    else:
-        os.replace(path, aside)
-    return aside
-
-
-def _remove(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot remove %s: %s", path, exc)
-
-
-def _read_file(path: str) -> Iterator[tuple[str, float, float]]:
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 8:
-        return
-    (used,) = _INT.unpack_from(data, 0)
-    if used > len(data):
-        raise CorruptFile(f"header says {used} bytes used, file has {len(data)}")
-    for key, off in iter_entries(data, 8, used):
-        v, ts = _TWO_DOUBLES.unpack_from(data, off)
-        yield key, v, ts
 
 
 class Batch:

@@ -24,7 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from . import catalogue
 from .events import DEFAULT_LABEL_LENGTH, MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
+from .fileformat import family_name, stored_name
 from .section import Section
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -78,9 +80,7 @@ class MetricSpec:
 def _clash(name: str, typ: str, taken: dict[str, tuple[str, str]]) -> str:
     """Why a mapping's metric could not be exposed beside the others ('' when it can); the
     same metric in several mappings (same type) is fine. Records its names in ``taken``."""
-    from . import catalogue
-
-    base = name[:-6] if typ == "counter" else name
+    base = stored_name(name, typ)
     for suffix in catalogue.SAMPLE_SUFFIXES:
         if base.endswith(suffix):
             return f"{name!r} ends in {suffix}, which is how samples of other metrics are named"
@@ -143,8 +143,7 @@ def parse(top: Section, key: str) -> tuple[UserMapping, ...]:
             typ = ms.get("type", str, "counter")
             if typ not in ("counter", "gauge", "histogram"):
                 raise ms.error("type", "must be counter, gauge or histogram")
-            if typ == "counter" and not name.endswith("_total"):
-                name += "_total"
+            name = family_name(name, typ)
             value = ms.get("value", str, "")
             if typ != "counter" and not value:
                 raise ms.error("value", f"a {typ} needs the field that holds its value")

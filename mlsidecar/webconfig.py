@@ -56,7 +56,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .section import ConfigError
+from .section import ConfigError, Section
 
 AUTH_CACHE_SECONDS = 60.0
 AUTH_CACHE_SIZE = 1024
@@ -210,14 +210,11 @@ def load(path: str) -> WebConfig:
     return WebConfig(path=path, tls=tls, users=users, headers=headers)
 
 
-def _unknown(path: str, prefix: str, data: dict, known: set[str]) -> None:
-    for k in data:
-        if k not in known:
-            import difflib
-
-            hint = difflib.get_close_matches(str(k), sorted(known), 1)
-            extra = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
-            raise ConfigError(path, f"{prefix}{k}", f"unknown key{extra}")
+def _unknown(path: str, prefix: str, data: dict[Any, Any], known: set[str]) -> None:
+    """Refuse keys outside ``known``, as every config table is checked (mlsidecar/section.py)."""
+    table = Section(path, prefix.rstrip("."), data)
+    table.used |= known
+    table.finish()
 
 
 def _str(path: str, key: str, v: Any) -> str:

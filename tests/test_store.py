@@ -6,7 +6,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from mlsidecar import catalogue as C
 from mlsidecar.exposition import MetricsReader
-from mlsidecar.store import Batch, SeriesWriter, _read_file
+from mlsidecar.fileformat import read_file
+from mlsidecar.store import Batch, SeriesWriter
 from tests.harness import parse, total
 
 
@@ -99,7 +100,7 @@ def test_removed_and_expired_series_disappear_and_are_compacted(tmp_path):
     assert w.forget_expired(now) == 1
     w.close()
     writer(tmp_path, clock=lambda: now).close()  # a restart compacts the file
-    names = [k for k, _, _ in _read_file(str(tmp_path / "m" / "gauge_mostrecent_w.db"))]
+    names = [k for k, _, _ in read_file(str(tmp_path / "m" / "gauge_mostrecent_w.db"))]
     assert len(names) == 1 and '"new"' in names[0]
 
 

@@ -10,13 +10,13 @@ Layout::
 The supervisor owns it: at start it moves aside files that cannot be read,
 and folds the files of identities that no longer exist (a source removed from
 the config) into ``*_archive.db``, so counters keep their totals and the
-directory does not grow with every change.
+directory does not grow with every change. The metric files' names, keys and
+entries are :mod:`mlsidecar.fileformat`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import mmap
 import os
@@ -26,6 +26,19 @@ import time
 import orjson
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..fileformat import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    encode_raw_key,
+    file_type_of,
+    identity_of,
+    is_metric_file,
+    is_readable,
+    move_aside,
+    type_file_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,25 +129,22 @@ class StateDir:
 
     # --- housekeeping ---------------------------------------------------------
     def identities(self) -> set[str]:
-        out = set()
-        for name in os.listdir(self.metrics):
-            if name.endswith(".db"):
-                out.add(name[:-3].split("_")[-1])
-        return out
+        return {identity_of(name) for name in os.listdir(self.metrics) if is_metric_file(name)}
 
     def tidy(self, live: set[str]) -> None:
         """Move aside unreadable files; fold files of retired identities into the archive."""
         retired: list[str] = []
+        now = time.time()
         for name in sorted(os.listdir(self.metrics)):
-            if not name.endswith(".db"):
+            if not is_metric_file(name):
                 continue
             path = os.path.join(self.metrics, name)
-            identity = name[:-3].split("_")[-1]
+            identity = identity_of(name)
             if identity in live:
                 continue  # checked entry by entry by the worker that owns it, as it starts
-            if not _readable(path, strict=True):
-                log.warning("metric file %s is empty, truncated or corrupt; moved aside", path)
-                os.replace(path, path + ".corrupt")
+            if not is_readable(path, now):
+                aside = move_aside(path)
+                log.warning("metric file %s is empty, truncated or corrupt; moved aside to %s", path, aside)
                 continue
             if identity != ARCHIVE:
                 retired.append(path)
@@ -143,17 +153,16 @@ class StateDir:
 
     def fold(self, paths: list[str]) -> None:
         """Add counters and histograms of ``paths`` into the archive files, then remove them."""
-        keep = [p for p in paths if not os.path.basename(p).startswith("gauge_")]
+        keep = [p for p in paths if file_type_of(p) != GAUGE]
         now = time.time()
         for metric in MultiProcessCollector.merge(keep, accumulate=False):
-            typ = "counter" if metric.type == "counter" else "histogram"
-            archive = MmapedDict(os.path.join(self.metrics, f"{typ}_{ARCHIVE}.db"))
+            typ = COUNTER if metric.type == COUNTER else HISTOGRAM
+            archive = MmapedDict(os.path.join(self.metrics, type_file_name(typ, ARCHIVE)))
             try:
                 for s in metric.samples:
-                    if typ == "histogram" and s.name.endswith("_count"):
-                        continue
-                    key = json.dumps([metric.name, s.name, s.labels, metric.documentation],
-                                     sort_keys=True)
+                    if typ == HISTOGRAM and s.name.endswith("_count"):
+                        continue  # the +Inf bucket: never stored
+                    key = encode_raw_key(metric.name, s.name, s.labels, metric.documentation)
                     old, _ = archive.read_value(key)
                     archive.write_value(key, old + s.value, now)
             finally:
@@ -161,23 +170,6 @@ class StateDir:
         for p in paths:
             os.unlink(p)
         log.info("folded %d metric files of retired workers into the archive", len(paths))
-
-
-def _readable(path: str, strict: bool = False) -> bool:
-    """Can the file be read? ``strict``: and is every entry one we could have written?"""
-    try:
-        if strict:
-            from ..store import scan_entries
-
-            with open(path, "rb") as fh:
-                data = fh.read()
-            good, problems = scan_entries(data, os.path.basename(path).split("_", 1)[0], time.time())
-            return not problems and len(data) >= 8
-        for _ in MmapedDict.read_all_values_from_file(path):
-            pass
-        return os.path.getsize(path) >= 8
-    except Exception:  # noqa: BLE001 - any failure means we cannot serve it
-        return False
 
 
 class SocketLedger:
