@@ -21,7 +21,6 @@ to :mod:`mlsidecar.fileformat`; this module decides what is written when.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
