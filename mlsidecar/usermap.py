@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from . import catalogue
 from .events import DEFAULT_LABEL_LENGTH, MAX_AMOUNT, MISSING_FIELD, Rejected, check_number, label
@@ -33,7 +33,7 @@ NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-def _lookup(ev: dict, path: tuple[str, ...]):
+def _lookup(ev: dict[str, Any], path: tuple[str, ...]) -> Any:
     v: Any = ev
     for part in path:
         if type(v) is not dict:
@@ -55,7 +55,7 @@ class MetricSpec:
     def label_names(self) -> tuple[str, ...]:
         return tuple(sorted(n for n, _ in self.labels))
 
-    def label_values(self, ev: dict, limit: int = DEFAULT_LABEL_LENGTH) -> tuple[str, ...]:
+    def label_values(self, ev: dict[str, Any], limit: int = DEFAULT_LABEL_LENGTH) -> tuple[str, ...]:
         values = {}
         for n, path in self.labels:
             field = ".".join(path)
@@ -65,7 +65,7 @@ class MetricSpec:
             values[n] = label({field: v}, field, limit=limit)
         return tuple(values[n] for n in self.label_names)
 
-    def value(self, ev: dict) -> float:
+    def value(self, ev: dict[str, Any]) -> float:
         if not self.value_path:
             return 1.0
         v = _lookup(ev, self.value_path)
@@ -94,7 +94,7 @@ def _clash(name: str, typ: str, taken: dict[str, tuple[str, str]]) -> str:
     return ""
 
 
-def _missing(field: str):
+def _missing(field: str) -> NoReturn:
     raise Rejected(MISSING_FIELD, f"'{field}' is required by a mapping")
 
 
@@ -104,7 +104,7 @@ class UserMapping:
     match: tuple[tuple[tuple[str, ...], object], ...]
     metrics: tuple[MetricSpec, ...]
 
-    def matches(self, ev: dict) -> bool:
+    def matches(self, ev: dict[str, Any]) -> bool:
         for path, want in self.match:
             got = _lookup(ev, path)
             if got is None or (want != "*" and got != want):

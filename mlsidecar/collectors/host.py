@@ -106,7 +106,7 @@ class HostCollector(Collector):
         idle = sum(getattr(now, f) - getattr(last, f) for f in _IDLE if f in fields)
         if total <= 0:
             return None
-        return max(0.0, min(1.0, 1.0 - idle / total))
+        return max(0.0, min(1.0, 1.0 - float(idle) / float(total)))
 
     def _mounts(self) -> list[str]:
         """The mounted filesystems whose mount point matches one of the configured paths/globs."""

@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -65,8 +65,8 @@ def default_sidecar_root() -> int:
     return os.getppid() if multiprocessing.parent_process() is not None else os.getpid()
 
 
-def job_name(settings: CollectorSettings, environ=os.environ) -> str:
-    return settings.options.get("job_name") or environ.get("JOB_NAME", "")
+def job_name(settings: CollectorSettings, environ: Mapping[str, str] = os.environ) -> str:
+    return str(settings.options.get("job_name") or environ.get("JOB_NAME", ""))
 
 
 def writers_of(paths: Iterable[str], proc_root: str = "/proc", skip: AbstractSet[int] = frozenset(),
@@ -167,8 +167,8 @@ class Workload:
     """Finds the workload's processes (see the module docstring for the modes)."""
 
     def __init__(self, mode: str = "auto", pid_file: str = "", cmdline: str = "", children: bool = True,
-                 psutil_mod=None, proc_root: str = "/proc", environ=None, sidecar_root: Any = "auto",
-                 sources: SourceWriters | None = None):
+                 psutil_mod: Any = None, proc_root: str = "/proc", environ: Mapping[str, str] | None = None,
+                 sidecar_root: Any = "auto", sources: SourceWriters | None = None):
         if psutil_mod is None:
             import psutil as psutil_mod
         self.psutil = psutil_mod
@@ -265,7 +265,7 @@ class Workload:
                     continue
         return out
 
-    def _select_from_roots(self) -> list | None:
+    def _select_from_roots(self) -> list[Any] | None:
         """Modes pid_file and sources: the tree under known roots, without listing every process
         (listing them was most of this collector's CPU between full looks for writers)."""
         ps = self.psutil
@@ -300,7 +300,7 @@ class Workload:
                 continue
         return out
 
-    def select(self) -> list:
+    def select(self) -> list[Any]:
         """The workload's live processes (psutil.Process objects; zombies left out)."""
         ps = self.psutil
         if self.mode in ("pid_file", "sources") and self.proc_root == "/proc":
@@ -360,8 +360,9 @@ class Workload:
         return [procs[pid] for pid in sorted(chosen) if procs[pid].info.get("status") != zombie]
 
 
-def workload_from_options(opts: dict, psutil_mod=None, proc_root: str = "/proc", environ=None,
-                          sidecar_root: Any = "auto", sources: SourceWriters | None = None) -> Workload:
+def workload_from_options(opts: Mapping[str, Any], psutil_mod: Any = None, proc_root: str = "/proc",
+                          environ: Mapping[str, str] | None = None, sidecar_root: Any = "auto",
+                          sources: SourceWriters | None = None) -> Workload:
     return Workload(opts.get("mode", "auto"), opts.get("pid_file", ""), opts.get("cmdline", ""),
                     opts.get("children", True), psutil_mod=psutil_mod, proc_root=proc_root,
                     environ=environ, sidecar_root=sidecar_root, sources=sources)
