@@ -178,6 +178,7 @@ class CollectorRun:
         """Set up when due, collect, publish; log what failed. True when it collected."""
         if not self.ready:
             if now < self.setup_at:
+                self._record(False, 0.0, self.error)  # up=0 stays fresh until it is tried again
                 return False
             self.setup_at = now + RETRY_SETUP_EVERY
             try:
@@ -201,13 +202,14 @@ class CollectorRun:
 
     def setup(self) -> None:
         """The collector's setup; a failure is recorded (``up=0``) and raised."""
+        t0 = time.perf_counter()
         try:
             self.collector.setup()
         except collectors.CollectorUnavailable as exc:
-            self._record(False, 0.0, str(exc))
+            self._record(False, time.perf_counter() - t0, str(exc))
             raise
         except Exception as exc:
-            self._record(False, 0.0, f"{type(exc).__name__}: {exc}")
+            self._record(False, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}")
             raise
         self.ready = True
 
