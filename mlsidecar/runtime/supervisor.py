@@ -190,7 +190,7 @@ class Supervisor:
         if self.writer is not None:
             self.series.close()
         self.writer = SeriesWriter(self.state.metrics, "supervisor",
-                                   static_labels=self.cfg.static_labels())
+                                   static_labels=self.cfg.static_labels(), catalogue=C.builtin())
         for kind, _message in self.series.faults:
             self.series.inc(C.STATE_FAULTS, ("supervisor", kind))
         self.series.set_gauge(C.BUILD_INFO, (__version__, platform.python_version()), 1)

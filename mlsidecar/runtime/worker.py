@@ -72,7 +72,7 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
     writer = SeriesWriter(
         state.metrics, identity, state.journal(identity) if journal else None,
         static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
-        expiry=C.builtin().expiry(dict(cfg.expire)),
+        catalogue=C.builtin(), expiry=C.builtin().expiry(dict(cfg.expire)),
         # Ingest workers share limits.max_series; collectors' series are bounded by the hardware.
         total_limit=cfg.series_share() if identity.startswith("tail-") or identity == "socket" else None,
     )
@@ -129,7 +129,7 @@ def make_mapper(cfg: Config, batch: Batch) -> Mapper:
     length = cfg.limits.label_value_length
     analytics = engine.build(cfg.analytics, length)  # None settings: the defaults
     return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
-                  label_value_length=length,
+                  label_value_length=length, catalogue=C.builtin(),
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
                   error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
                   max_user_metrics=cfg.limits.max_user_metrics,
