@@ -139,9 +139,7 @@ class Catalogue(Mapping[str, Family]):
         """The family of a key's metric name in a multiprocess file (counters without _total)."""
         return self._families.get(metric_name) or self._families.get(metric_name + "_total")
 
-    def owner(self, exposed: str) -> Family | None:
-        """The family that takes ``exposed`` as its family or sample name, if any."""
-        return self._taken.get(exposed)
+    exposed_names = staticmethod(exposed_names)
 
     def name_clash(self, name: str, typ: str) -> str | None:
         """Why a new family ``name`` of type ``typ`` cannot be exposed beside these families
@@ -184,6 +182,7 @@ class UserFamilies:
         return name in self._families
 
     def __iter__(self) -> Iterator[Family]:
+        """The families (not their names: the writer hands them to a mapper as they are)."""
         return iter(list(self._families.values()))
 
     def __len__(self) -> int:
