@@ -301,8 +301,10 @@ def test_gpu_worker_charges_the_workloads_share_and_continues_after_a_restart(tm
 
 def test_process_worker_charges_cpu_and_memory(tmp_path, keep_signals):
     # A workload that keeps a CPU busy: a clock tick (10 ms) of CPU between readings is certain.
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    burner = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"],
+                              stdout=subprocess.PIPE)
     try:
+        assert burner.stdout.readline() == b"ready\n"  # started: its memory no longer grows
         _charges_cpu_and_memory(tmp_path, burner.pid)
     finally:
         burner.kill()
