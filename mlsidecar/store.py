@@ -21,6 +21,7 @@ to :mod:`mlsidecar.fileformat`; this module decides what is written when.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -221,7 +222,21 @@ class SeriesWriter:
         rewrite_file(path, kept)
 
     def _read_journal(self) -> dict | None:
-        """The last journal, checked; one that cannot be used is moved aside (None)."""
+        """The last journal record, checked; a journal that cannot be used is moved aside (None).
+
+        The journal is JSON lines: a full record (the state, every entry, the writes) written
+        whole by rename, then records appended by later flushes with only the entries that
+        changed (see :meth:`flush`). ``journal_entries`` gets the entries as of the last record;
+        the record returned carries that record's state and writes (the writes of earlier
+        records reached the metric files before the next record was appended). A last record
+        without its newline was cut short by a crash while it was written: its writes never
+        reached the files, so the one before it is the last flush.
+        """
+        self.journal_entries: dict[str, dict] | None = None
+        self._journal_base = 0  # bytes of the last full record; the journal is rewritten at 2x
+        self._journal_size = 0
+        self._journal_rewrite = True  # the first flush writes a full record (drops a torn tail)
+        self._entries_unwritten: dict[str, dict | None] = {}  # changes refused by the state dir
         if not self.journal_path:
             return None
         tmp = self.journal_path + ".tmp"
@@ -236,14 +251,36 @@ class SeriesWriter:
                 data = fh.read()
             if not data:
                 raise ValueError("empty (a power loss before it reached the disk?)")
-            journal = orjson.loads(data)
+            lines = data.split(b"\n")
+            torn = len(lines) > 1 and lines[-1] != b""  # appended records end with a newline
+            if lines[-1] == b"" or torn:
+                lines.pop()
+            if not lines:
+                raise ValueError("no complete record")
+            journal = orjson.loads(lines[0])  # the full record (or a journal of an older version)
             _check_journal(journal, f"_{self.identity}.db")
+            entries = journal.get("entries")
+            for raw in lines[1:]:
+                record = orjson.loads(raw)
+                _check_journal(record, f"_{self.identity}.db", appended=True)
+                if entries is None:
+                    raise ValueError("an appended record without a full record before it")
+                for key in record.get("gone", ()):
+                    entries.pop(key, None)
+                for key, patch in record.get("entries", {}).items():
+                    entries.setdefault(key, {}).update(patch)
+                journal = record
         except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
             aside = _move_aside(self.journal_path)
             self.journal_status = "corrupt"
             self._fault(FAULT_JOURNAL, f"journal {self.journal_path} is unusable ({exc}); moved aside "
                         f"to {aside}. Values kept; positions lost: the files are read on from their end")
             return None
+        if torn:
+            log.warning("journal %s: its last record was cut short (a crash while it was written); "
+                        "its writes never reached the metric files: going on from the one before",
+                        self.journal_path)
+        self.journal_entries = entries
         self.journal_status = "ok"
         return journal
 
@@ -451,25 +488,23 @@ class SeriesWriter:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def flush(self, state: Any = None) -> int:
-        """Journal the staged writes with ``state`` (source positions), then write them."""
+    def flush(self, state: Any = None, entries: dict[str, dict | None] | None = None,
+              rewrite: bool = False) -> int:
+        """Journal the staged writes with ``state``, then write them to the metric files.
+
+        ``entries``: keyed state that changes a little at a time (a tailer's positions, one per
+        file): only the entries that changed since the last flush, None for one removed. The
+        journal keeps all of them; a flush appends one record with the staged writes, the state
+        and only the fields of the entries that changed, so what a flush writes grows with
+        what changed, not with how many entries there are. Once the journal is twice its last
+        full record (or ``rewrite``), it is rewritten whole by rename. Crash-safe at any point:
+        a record is one write, applied before the files; a torn last record is dropped at start.
+        """
         pending = self._pending
-        if not pending and state is None:
+        if not pending and state is None and not entries:
             return 0
         if self.journal_path is not None:
-            # JSON has no NaN or infinity (orjson writes null): a gauge's non-finite value is
-            # journalled as "NaN", "+Inf" or "-Inf" (a comparison not computable yet is NaN).
-            writes = [[name, key, v if -_INF < v < _INF else _nonfinite(v), ts]
-                      for (name, key), (v, ts) in pending.items()]
-            tmp = self.journal_path + ".tmp"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(orjson.dumps({"state": state, "writes": writes}))
-                os.replace(tmp, self.journal_path)
-            except OSError as exc:
-                _remove(tmp)
-                raise StateWriteError(exc.errno, f"cannot write the journal {self.journal_path}: "
-                                      f"{exc.strerror or exc}") from exc
+            self._journal(pending, state, entries, rewrite)
             self.journal_state = state
         try:
             self._reserve(pending)
@@ -481,6 +516,75 @@ class SeriesWriter:
         n = len(pending)
         self._pending = {}
         return n
+
+    def _journal(self, pending: dict, state: Any, entries: dict[str, dict | None] | None,
+                 rewrite: bool) -> None:
+        """Part of :meth:`flush`: append a record to the journal, or rewrite it whole."""
+        path = self.journal_path
+        assert path is not None
+        # JSON has no NaN or infinity (orjson writes null): a gauge's non-finite value is
+        # journalled as "NaN", "+Inf" or "-Inf" (a comparison not computable yet is NaN).
+        writes = [[name, key, v if -_INF < v < _INF else _nonfinite(v), ts]
+                  for (name, key), (v, ts) in pending.items()]
+        full = self.journal_entries
+        if full is None:
+            full = self.journal_entries = {}
+        changes = self._entries_unwritten  # what earlier refused flushes did not write yet
+        for key, value in (entries or {}).items():
+            old = full.get(key)
+            if value is None:
+                if old is not None or key in changes:
+                    full.pop(key, None)
+                    changes[key] = None
+                continue
+            if old is not None and key not in changes and old.keys() == value.keys():
+                patch = {f: v for f, v in value.items() if old[f] != v}
+                if patch:
+                    changes[key] = patch
+                    old.update(patch)
+            else:
+                full[key] = dict(value)
+                changes[key] = None  # replaced whole: written as gone, then all its fields
+        if rewrite or self._journal_rewrite or self._journal_size > max(JOURNAL_REWRITE_MIN,
+                                                                        2 * self._journal_base):
+            data = orjson.dumps({"state": state, "entries": full, "writes": writes}) + b"\n"
+            tmp = path + ".tmp"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except OSError as exc:
+                _remove(tmp)
+                raise StateWriteError(exc.errno, f"cannot write the journal {path}: "
+                                      f"{exc.strerror or exc}") from exc
+            self._journal_base = self._journal_size = len(data)
+            self._journal_rewrite = False
+        else:
+            gone = [k for k, v in changes.items() if v is None]
+            record: dict[str, Any] = {"state": state, "writes": writes, "entries": {
+                k: (v if v is not None else full[k]) for k, v in changes.items()
+                if v is not None or k in full}}
+            if gone:
+                record["gone"] = gone
+            data = orjson.dumps(record) + b"\n"
+            try:
+                # A directory that refuses new files (read-only, its mode changed) would refuse
+                # the next rewrite too: the state dir is refusing writes, say so now.
+                if not os.access(os.path.dirname(path) or ".", os.W_OK):
+                    raise OSError(errno.EACCES, "the journal's directory is not writable")
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                try:
+                    view = memoryview(data)
+                    while view:  # one write: a crash cuts the record short at worst (dropped)
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self._journal_rewrite = True  # a part of a record may be there: rewrite next time
+                raise StateWriteError(exc.errno, f"cannot write the journal {path}: "
+                                      f"{exc.strerror or exc}") from exc
+            self._journal_size += len(data)
+        changes.clear()
 
     def close(self) -> None:
         for f in self._files.values():
@@ -498,14 +602,16 @@ def series_weight(fam: Family) -> int:
 
 _INF = math.inf
 NONFINITE = ("NaN", "+Inf", "-Inf")
+JOURNAL_REWRITE_MIN = 256 * 1024  # bytes: a smaller journal is appended to, not rewritten
 
 
 def _nonfinite(v: float) -> str:
     return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
 
 
-def _check_journal(journal: Any, suffix: str) -> None:
-    """Raise ValueError unless ``journal`` has the shape :meth:`SeriesWriter.flush` writes."""
+def _check_journal(journal: Any, suffix: str, appended: bool = False) -> None:
+    """Raise ValueError unless ``journal`` has the shape :meth:`SeriesWriter.flush` writes
+    (``appended``: a record appended after the full one)."""
     if not isinstance(journal, dict) or not isinstance(journal.get("writes"), list):
         raise ValueError("not a journal (no list of writes)")
     for w in journal["writes"]:
@@ -517,6 +623,13 @@ def _check_journal(journal: Any, suffix: str) -> None:
     state = journal.get("state")
     if state is not None and not isinstance(state, dict):
         raise ValueError("state is not an object")
+    entries = journal.get("entries")
+    if (entries is not None or appended) and not (
+            isinstance(entries, dict) and all(isinstance(v, dict) for v in entries.values())):
+        raise ValueError("entries are not an object of objects")
+    gone = journal.get("gone", [])
+    if not (isinstance(gone, list) and all(isinstance(k, str) for k in gone)):
+        raise ValueError("gone is not a list of keys")
 
 
 def _finite(x: Any) -> bool:

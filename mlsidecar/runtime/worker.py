@@ -72,7 +72,7 @@ def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = Tru
     writer = SeriesWriter(
         state.metrics, identity, state.journal(identity) if journal else None,
         static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
-        catalogue=C.builtin(), expiry=C.builtin().expiry(dict(cfg.expire)),
+        expiry=C.builtin().expiry(dict(cfg.expire)),
         # Ingest workers share limits.max_series; collectors' series are bounded by the hardware.
         total_limit=cfg.series_share() if identity.startswith("tail-") or identity == "socket" else None,
     )
@@ -107,9 +107,9 @@ class StateHealth:
         self.error = ""
         self.log = RateLimitedLog(log, interval=60.0)
 
-    def flush(self, state=None) -> bool:
+    def flush(self, state=None, **kw) -> bool:
         try:
-            self.writer.flush(state)
+            self.writer.flush(state, **kw)
         except StateWriteError as exc:
             if not self.error:
                 self.writer.inc(C.STATE_FAULTS, (self.identity, FAULT_WRITE))
@@ -129,7 +129,7 @@ def make_mapper(cfg: Config, batch: Batch) -> Mapper:
     length = cfg.limits.label_value_length
     analytics = engine.build(cfg.analytics, length)  # None settings: the defaults
     return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
-                  label_value_length=length, catalogue=C.builtin(),
+                  label_value_length=length,
                   metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
                   error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
                   max_user_metrics=cfg.limits.max_user_metrics,
@@ -244,7 +244,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     mapper.exemplars = ExemplarStore(cfg.state_dir, identity, cfg.static_labels())
     ingest = Ingest(cfg, mapper, batch, writer)
     journal = writer.journal_state or {}
-    saved = journal.get("files", {})
+    # The positions: the journal's entries (or, from an older version, its state's "files").
+    saved = writer.journal_entries if writer.journal_entries is not None else journal.get("files", {})
     # Values on disk but no positions for them (journal deleted or moved aside as corrupt):
     # reading the files from their start would count every line again. Start at their end.
     positions_lost = writer.journal_status != "ok" and writer.restored_values
@@ -272,9 +273,9 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     bytes_read: dict[str, int] = {}
     log.info("%s following %s (%s)", identity, ", ".join(patterns), tailer.watch_mode)
 
-    def flush(now: float) -> None:
+    def flush(now: float, final: bool = False) -> None:
         mapper.tick(now)
-        if not (batch or bytes_read or oversized_sources or writer.has_pending()):
+        if not (batch or bytes_read or oversized_sources or writer.has_pending() or final):
             return
         for path in oversized_sources:
             ingest.reject(path, OVERSIZED)
@@ -284,17 +285,20 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
         bytes_read.clear()
         writer.apply(batch, now)
         # "time": when the directories were last listed; generations newer than that were
-        # not seen by this run, and a restart reads them.
-        health.flush({"files": tailer.positions(), "time": tailer.listed_at})
+        # not seen by this run, and a restart reads them. Only the positions that changed are
+        # handed on: with thousands of files, a flush writes what was read, not every position.
+        # At the stop the journal is written whole (one record).
+        health.flush({"time": tailer.listed_at}, entries=tailer.position_changes(), rewrite=final)
 
     try:
         while not stop.requested:
             now = time.time()
-            if now - last_scan >= poll or tailer.rescan:
+            scanned = now - last_scan >= poll or tailer.rescan
+            if scanned:
                 tailer.scan()
                 last_scan = now
             progressed = False
-            for tf in tailer.readable():
+            for tf in tailer.due(scanned):
                 before = tf.read_to
                 lines = tailer.read(tf)
                 if tf.read_to != before:
@@ -334,18 +338,11 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 if len(behind_written) > len(tailer.files):  # files retired: forget them here too
                     behind_written = {tf.path: behind_written[tf.path] for tf in tailer.files.values()
                                       if tf.path in behind_written}
-                readable = list(tailer.readable())
-                shape = (tailer.watch_mode, health.error, tuple((tf.path, tf.draining) for tf in readable))
+                shape = (tailer.watch_mode, health.error, tailer.file_changes)
                 # Counts alone change every second under load: they are written every STATUS_EVERY
                 # (the heartbeat /readyz reads); a new source, a rotation or an error at once.
                 if shape != last_shape or now - last_status_write >= STATUS_EVERY:
-                    write_status(state, identity, "tail", {
-                        "patterns": patterns, "watch": tailer.watch_mode,
-                        "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
-                                     "bytes_behind": tailer.behind(tf), "rotated": tf.draining}
-                                    for tf in readable],
-                        "accepted": ingest.accepted, "rejected": ingest.rejected,
-                        **({"error": health.error} if health.error else {})})
+                    write_status(state, identity, "tail", tail_status(tailer, patterns, ingest, health))
                     last_shape, last_status_write = shape, now
                 last_status = now
             if not progressed:
@@ -356,11 +353,30 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                 # turns a thousand wake-ups a second into a few reads of many lines.
                 if not stop.requested:
                     time.sleep(READ_PAUSE)
-        flush(time.time())
+        flush(time.time(), final=True)
     finally:
         tailer.stop()
         writer.close()
         log.info("%s stopped after %d events (%d rejected)", identity, ingest.accepted, ingest.rejected)
+
+
+STATUS_SOURCES = 100  # files listed one by one in a tail worker's status; the rest are counted
+
+
+def tail_status(tailer, patterns: list[str], ingest: Ingest, health: StateHealth) -> dict:
+    """What a tail worker reports: its totals, and the files one by one up to STATUS_SOURCES
+    (rotated ones first, then those read most recently), so that with thousands of files
+    the status a worker writes every few seconds stays small."""
+    readable = tailer.readable()
+    listed = readable if len(readable) <= STATUS_SOURCES else \
+        sorted(readable, key=lambda tf: (not tf.draining, -tf.last_data))[:STATUS_SOURCES]
+    return {"patterns": patterns, "watch": tailer.watch_mode,
+            "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
+                         "bytes_behind": tailer.behind(tf), "rotated": tf.draining} for tf in listed],
+            "files": len(tailer.files), "rotated": len(tailer.retired),
+            "sources_not_listed": len(readable) - len(listed),
+            "accepted": ingest.accepted, "rejected": ingest.rejected,
+            **({"error": health.error} if health.error else {})}
 
 
 def write_status(state: StateDir, identity: str, role: str, extra: dict) -> None:

@@ -97,6 +97,12 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
+def _saved_position(ident: Identity) -> dict:
+    return {"path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
+            "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
+            "skipping": ident.skipping, "draining": ident.draining, "mtime": ident.mtime}
+
+
 @dataclass
 class Identity:
     """What a saved position knows about its file: where it was and what it looked like."""
@@ -178,6 +184,8 @@ class TailedFile:
         self.lines = 0
         self.rejected = 0
         self.last_data = time.monotonic()
+        self._checked: tuple[int, int] = (-1, 0)  # (size, mtime_ns) at the last unchanged() check
+        self.more = False  # the last read filled its chunk
         self.load_identity()
 
     def load_identity(self) -> None:
@@ -200,6 +208,8 @@ class TailedFile:
         if self.decompressed:
             return True
         st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns) == self._checked:
+            return True  # not written since it was checked: thousands of idle files cost a fstat
         if st.st_size < self.read_to:
             return False
         if self.head and os.pread(self.fd, len(self.head), 0) != self.head:
@@ -208,6 +218,7 @@ class TailedFile:
         if n and os.pread(self.fd, n, self.offset - n) != self.tail:
             return False
         self.mtime = st.st_mtime
+        self._checked = (st.st_size, st.st_mtime_ns)
         return True
 
     def holds_start_of(self, fd: int) -> bool:
@@ -252,6 +263,15 @@ class Tailer:
         self.watch_mode = "poll"
         self._observer: BaseObserver | None = None
         self._saved: list[Identity] = []
+        # inotify: the files written since the last read (absolute paths), and the directories
+        # watched; files elsewhere are read at every wake-up, as when polling.
+        self.dirty: set[str] = set()
+        self._watched_dirs: set[str] = set()
+        self._notified: dict[str, str | None] = {}  # path -> its absolute path if watched
+        self.file_changes = 0  # files opened, rotated, truncated or let go: the status says so at once
+        # What position_changes() last handed out: at first, the keys of the positions given
+        # (a journal holds them), so those no longer wanted are handed out as gone.
+        self._journalled: dict[str, tuple] = dict.fromkeys(positions or {}, ())
         for pos in (positions or {}).values():
             try:
                 self._saved.append(Identity.from_position(pos))
@@ -284,6 +304,8 @@ class Tailer:
             def on_any_event(self, event):  # noqa: D401 - watchdog callback
                 if event.event_type in ("created", "moved", "deleted"):
                     tailer.rescan = True  # a rotation or a new file: look at the names again
+                elif not event.is_directory:
+                    tailer.dirty.add(os.fsdecode(event.src_path))  # read it (see due())
                 tailer.wake.set()
 
         observer = InotifyObserver()
@@ -295,6 +317,7 @@ class Tailer:
             try:
                 observer.schedule(_Wake(), d, recursive=False)
                 watched += 1
+                self._watched_dirs.add(d)
             except OSError as exc:
                 if required:
                     raise
@@ -329,8 +352,9 @@ class Tailer:
         paths: set[str] = set()
         for pattern in self.patterns:
             if glob.has_magic(pattern):
-                paths.update(p for p in glob.glob(pattern)
-                             if os.path.isfile(p) and not self._through_symlinked_dir(pattern, p))
+                paths.update(p for p in glob.glob(pattern)  # open ones are checked by scan()
+                             if (p in self.files or os.path.isfile(p))
+                             and not self._through_symlinked_dir(pattern, p))
             elif os.path.isfile(pattern):
                 paths.add(pattern)
         return sorted(paths)
@@ -428,6 +452,7 @@ class Tailer:
         tf.size = os.fstat(tf.fd).st_size
         self._changed.add(tf.path)
         self.rescan = True
+        self.file_changes += 1
 
     def _open(self, path: str, offset: int = 0, name: str = "") -> TailedFile | None:
         try:
@@ -441,6 +466,7 @@ class Tailer:
         self._warned = {w for w in self._warned if w[0] != (name or path)}  # may say it again later
         tf = TailedFile(path, fd, os.fstat(fd), offset, name)
         self.files[path] = tf
+        self.file_changes += 1
         return tf
 
     def _resume_saved(self) -> None:
@@ -713,6 +739,7 @@ class Tailer:
         return found
 
     def _retire(self, tf: TailedFile, path: str) -> None:
+        self.file_changes += 1
         if self.files.get(path) is tf:
             del self.files[path]
         tf.path = path
@@ -754,6 +781,7 @@ class Tailer:
     def read(self, tf: TailedFile, limit: int = READ_BYTES) -> list[bytes]:
         """The complete lines that arrived since the last read (at most ``limit`` bytes)."""
         data = os.pread(tf.fd, limit, tf.read_to)
+        tf.more = len(data) == limit  # more to read: due() keeps it without a word from inotify
         if not data:
             return []
         if tf.offset and not tf.unchanged():
@@ -809,6 +837,27 @@ class Tailer:
         """Open files, drained rotated ones first so order is kept across a rotation."""
         return self.retired + list(self.files.values())
 
+    def due(self, everything: bool) -> list[TailedFile]:
+        """The files to read now. ``everything`` (after a look at the directories), or when
+        polling: all. With inotify: the rotated ones, those inotify named since the last call,
+        those not read to their end yet, and those in directories not watched; with thousands
+        of idle files, a wake-up then reads what was written instead of every file."""
+        dirty, self.dirty = self.dirty, set()
+        if everything or self.watch_mode != "inotify":
+            return self.readable()
+        out = list(self.retired)
+        notified = self._notified
+        for path, tf in self.files.items():
+            key = notified.get(path, "")
+            if key == "":
+                full = os.path.abspath(path)
+                key = notified[path] = full if os.path.dirname(full) in self._watched_dirs else None
+                if len(notified) > 4 * len(self.files) + 64:  # paths long gone
+                    self._notified = notified = {p: notified[p] for p in self.files if p in notified}
+            if key is None or key in dirty or tf.more or tf.read_to < tf.size:
+                out.append(tf)
+        return out
+
     def retire_quiet(self, now: float, quiet: float) -> None:
         """Let go of rotated files that have had nothing new for ``quiet`` seconds.
 
@@ -819,16 +868,42 @@ class Tailer:
             if tf.last_data < now - quiet and (tf.decompressed or tf.read_to >= os.fstat(tf.fd).st_size):
                 self.retired.remove(tf)
                 tf.close()
+                self.file_changes += 1
 
     def positions(self) -> dict:
-        # Keyed by what is read: a decompressed copy may carry the number of a reused inode.
-        out = {f"{tf.physical[0]}:{tf.physical[1]}": tf.position() for tf in self.readable()}
-        # Saved positions not yet resumed stay until they are.
+        """Every position, keyed by what is read (a decompressed copy may carry the number of
+        a reused inode); saved positions not resumed yet stay until they are."""
+        out = {key: tf.position() for key, tf in self._readable_by_key().items()}
         for i, ident in enumerate(self._saved):  # inode numbers may repeat among them: not a key
-            out.setdefault(f"saved-{i}", {
-                "path": ident.path, "dev": ident.dev, "ino": ident.ino, "offset": ident.offset,
-                "head": _b64(ident.head), "tail": _b64(ident.tail), "size": ident.size,
-                "skipping": ident.skipping, "draining": ident.draining, "mtime": ident.mtime})
+            out.setdefault(f"saved-{i}", _saved_position(ident))
+        return out
+
+    def _readable_by_key(self) -> dict[str, TailedFile]:
+        return {f"{tf.physical[0]}:{tf.physical[1]}": tf for tf in self.readable()}
+
+    def position_changes(self) -> dict[str, dict | None]:
+        """The positions that changed since the last call (None: gone), for a journal that
+        keeps them all: with thousands of files, a flush writes what was read, not every one."""
+        now: dict[str, tuple] = {}
+        out: dict[str, dict | None] = {}
+        last = self._journalled
+        for key, tf in self._readable_by_key().items():
+            sig = (tf.path, tf.dev, tf.ino, tf.offset, max(tf.size, tf.read_to), tf.skipping,
+                   tf.draining, tf.mtime, tf.head, tf.tail)
+            now[key] = sig
+            if last.get(key) != sig:
+                out[key] = tf.position()
+        for i, ident in enumerate(self._saved):
+            key = f"saved-{i}"
+            if key not in now:
+                sig = (ident.path, ident.dev, ident.ino, ident.offset, ident.size, ident.skipping,
+                       ident.draining, ident.mtime, ident.head, ident.tail)
+                now[key] = sig
+                if last.get(key) != sig:
+                    out[key] = _saved_position(ident)
+        for key in last.keys() - now.keys():
+            out[key] = None
+        self._journalled = now
         return out
 
     def behind(self, tf: TailedFile) -> int:
