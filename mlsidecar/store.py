@@ -156,6 +156,7 @@ class SeriesWriter:
         self._register_stored(files)
         loaded: list[tuple[str, str, float]] = []
         now = self.clock()
+        self._families_of: dict[str, Family | None] = {}  # metric name -> family, while restoring
         for name, path, entries in files:
             file_type = file_type_of(name)
             kept = []
@@ -166,6 +167,7 @@ class SeriesWriter:
                     kept.append((key, value, ts))
             if len(kept) < len(entries):
                 self._compact(name, path, kept)
+        self._families_of = {}
         # Keys written under other static labels (config changed) move to the current ones.
         current = {k for keys in self._keys.values() for k in keys}
         moved = False
@@ -186,11 +188,15 @@ class SeriesWriter:
         mappings: made on their first event) from all their keys, into ``user_families``, so
         a restart restores them whole and the next event finds them as they were."""
         found: dict[str, list] = {}
+        known: dict[str, bool] = {}  # metric name -> has a family (looked up once per name)
         for name, _path, entries in files:
             file_type = file_type_of(name)
             for key, _value, _ts in entries:
                 metric_name, _sample, labels, help_text = decode_key(key)
-                if self.user_families.stored(metric_name) is not None:
+                has = known.get(metric_name)
+                if has is None:
+                    has = known[metric_name] = self.user_families.stored(metric_name) is not None
+                if has:
                     continue
                 full = metric_name + "_total" if file_type == COUNTER else metric_name
                 f = found.setdefault(full, [file_type, help_text, set(), set()])
@@ -322,7 +328,11 @@ class SeriesWriter:
 
     def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
         metric_name, sample_name, labels, _help = decode_key(key)
-        fam = self.user_families.stored(metric_name)
+        families = self._families_of
+        if metric_name in families:
+            fam = families[metric_name]
+        else:
+            fam = families[metric_name] = self.user_families.stored(metric_name)
         if fam is None or fam.type != file_type:
             return  # a family that could not be rebuilt (or of another type): its keys are dropped below
         lv = tuple(str(labels.get(n, "")) for n in fam.labels)

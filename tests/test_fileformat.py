@@ -24,8 +24,8 @@ def test_keys_are_the_ones_prometheus_client_writes():
     key = F.encode_key(fam, "ml_predictions_total", labels)
     assert key == mmap_key("ml_predictions", "ml_predictions_total", list(labels), list(labels.values()),
                            fam.help)
-    assert F.decode_key(key) == ("ml_predictions", "ml_predictions_total", labels, fam.help)
-    assert F.parse_key(key.encode(), strict=True) == F.decode_key(key)
+    assert list(F.decode_key(key)) == ["ml_predictions", "ml_predictions_total", labels, fam.help]
+    assert list(F.parse_key(key.encode(), strict=True)) == F.decode_key(key)
     hist = C.PREDICTION_LATENCY
     bucket = F.encode_key(hist, hist.name + "_bucket", {"le": F.bucket_bounds(hist)[-1]})
     assert F.decode_key(bucket)[2] == {"le": "+Inf"}
