@@ -239,8 +239,11 @@ def builtin() -> Catalogue:
     return Catalogue(itertools.chain(FAMILIES, *(m.FAMILIES for m in modules)))
 
 
+# Older names of the built-in catalogue, read-only. Only the golden exposition tests
+# (tests/golden/build.py, tests/test_golden_exposition.py) still use them: they must stay
+# unchanged across the move to an immutable catalogue. New code calls builtin().
 def load_builtins() -> Catalogue:
-    """The built-in catalogue (an older name of :func:`builtin`, kept for callers that use it)."""
+    """The built-in catalogue (the older name of :func:`builtin`)."""
     return builtin()
 
 
@@ -250,8 +253,8 @@ def expiry(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
 
 
 def __getattr__(name: str) -> Catalogue:
-    # ``REGISTRY``: the built-in catalogue under its older name, read-only (built on first use:
-    # the modules it collects import this one).
+    # ``REGISTRY``: the built-in catalogue (built on first use: the modules it collects import
+    # this one).
     if name == "REGISTRY":
         return builtin()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
