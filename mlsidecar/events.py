@@ -67,17 +67,28 @@ class Rejected(Exception):
         self.detail = detail
 
 
+def undecodable(exc: orjson.JSONDecodeError) -> Rejected:
+    """Why a line orjson could not decode is rejected: its bytes are not UTF-8, or not JSON.
+
+    Read from the decoder's own error, so a rejected line is parsed once."""
+    msg = str(exc)
+    low = msg.lower()
+    return Rejected(INVALID_UTF8 if "utf-8" in low or "surrogate" in low else MALFORMED, msg)
+
+
+def not_an_object(value: object) -> Rejected:
+    """A line that is JSON but not an object (an array, a number, a string)."""
+    return Rejected(NOT_OBJECT, f"got {type(value).__name__}")
+
+
 def parse_line(line: bytes) -> Event:
     """Decode one line into an event object, or raise :class:`Rejected`."""
     try:
         ev = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        msg = str(exc)
-        if "utf-8" in msg.lower() or "surrogate" in msg.lower():
-            raise Rejected(INVALID_UTF8, msg) from None
-        raise Rejected(MALFORMED, msg) from None
+        raise undecodable(exc) from None
     if type(ev) is not dict:
-        raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
+        raise not_an_object(ev)
     event: Event = ev
     return event
 
@@ -185,6 +196,14 @@ def mapping_of_numbers(ev: Event, name: str, required: bool = True) -> dict[str,
         check_number(x, f"{name}.{k}")
     numbers: dict[str, float] = v
     return numbers
+
+
+def check_ts(ev: Event) -> None:
+    """The optional ``ts`` of any event: a plain non-negative float passes at once (the
+    common case, on the hot path), anything else gets the full check of :func:`timestamp`."""
+    ts = ev.get("ts")
+    if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
+        timestamp(ev)
 
 
 def timestamp(ev: Event, name: str = "ts") -> float | None:

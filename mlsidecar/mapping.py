@@ -13,11 +13,7 @@ import math
 import re
 import time
 import traceback
-from bisect import bisect_left
-from collections import Counter
 from collections.abc import Callable, Iterable
-from functools import partial
-from math import fsum
 from typing import Any
 
 from . import catalogue as C
@@ -39,6 +35,7 @@ from .events import (
     Rejected,
     amount,
     check_number,
+    check_ts,
     label,
     loss_value,
     losses_field,
@@ -151,9 +148,7 @@ class Mapper:
             if users:
                 return self._user(kind, ev, users)
             raise Rejected(UNKNOWN_KIND, f"unknown event kind {kind[:60]!r}")
-        ts = ev.get("ts")
-        if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
-            timestamp(ev)  # anything but a plain positive float gets the full check
+        check_ts(ev)
         handler(ev)
         users = self.user_mappings.get(kind)
         if users:
@@ -204,9 +199,7 @@ class Mapper:
         conf = get("confidence")
         if conf is not None and (type(conf) is not float or not 0.0 <= conf <= 1.0):
             conf = check_number(conf, "confidence", 0.0, 1.0)
-        ts = get("ts")
-        if ts is not None and (type(ts) is not float or not 0.0 <= ts < 1e300):
-            timestamp(ev)
+        check_ts(ev)
         trace_id = get("trace_id")
         if trace_id is not None:
             check_trace_id(trace_id)
@@ -240,21 +233,21 @@ class Mapper:
         batch = self.batch
         for mv, (requests, responses) in self._sizes.items():
             if requests:
-                _observe_all(batch, C.PREDICTION_REQUEST_SIZE, mv, requests)
+                batch.observe_all(C.PREDICTION_REQUEST_SIZE, mv, requests)
             if responses:
-                _observe_all(batch, C.PREDICTION_RESPONSE_SIZE, mv, responses)
+                batch.observe_all(C.PREDICTION_RESPONSE_SIZE, mv, responses)
         self._sizes.clear()
         for labels, (latencies, confidences) in self._records.items():
             if not latencies:
                 continue
             mv = labels[:2]
-            if (PREDICTIONS, labels) not in batch.counters:
+            if not batch.has_counter(PREDICTIONS, labels):
                 batch.ensure(PREDICTIONS, (*mv, "success"))
                 batch.ensure(PREDICTIONS, (*mv, "error"))
             batch.inc(PREDICTIONS, labels, len(latencies))
-            _observe_all(batch, LATENCY, mv, latencies)
+            batch.observe_all(LATENCY, mv, latencies)
             if confidences:
-                _observe_all(batch, CONFIDENCE, mv, confidences)
+                batch.observe_all(CONFIDENCE, mv, confidences)
         self._records.clear()
 
     def evaluation(self, ev: dict) -> None:
@@ -357,8 +350,7 @@ class Mapper:
         records = amount(ev, "records", required=False)
         records = 1 if records is None else records
         duration = amount(ev, "duration_s", required=False)
-        key = (C.PIPELINE_RECORDS, (pipe, stage, status))
-        if key not in self.batch.counters:
+        if not self.batch.has_counter(C.PIPELINE_RECORDS, (pipe, stage, status)):
             self.batch.ensure(C.PIPELINE_RECORDS, (pipe, stage, "success"))
             self.batch.ensure(C.PIPELINE_RECORDS, (pipe, stage, "error"))
         self.batch.inc(C.PIPELINE_RECORDS, (pipe, stage, status), records)
@@ -503,17 +495,3 @@ class Mapper:
         if not matched and kind not in self.handlers:
             raise Rejected(UNKNOWN_KIND, f"no mapping matches this {kind[:60]!r} event")
         return kind
-
-
-def _observe_all(batch: Batch, family: Family, labels: tuple[str, ...], values: list[float]) -> None:
-    """Observe many values at once: bucket indexes counted in C, one sum."""
-    hists = batch.histograms
-    h = hists.get((family, labels))
-    if h is None:
-        h = hists[(family, labels)] = [0.0] * (len(family.buckets) + 2)
-    for i, n in Counter(map(partial(bisect_left, family.buckets), values)).items():
-        h[i] += n
-    try:
-        h[-1] += fsum(values)
-    except OverflowError:  # not reachable with values <= MAX_AMOUNT; saturate rather than raise
-        h[-1] = 1.7976931348623157e308

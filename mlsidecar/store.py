@@ -27,6 +27,9 @@ import math
 import os
 import time
 from bisect import bisect_left as _bisect_left  # le is inclusive: v <= bound
+from collections import Counter
+from functools import partial
+from math import fsum
 from typing import Any
 
 import orjson
@@ -682,6 +685,23 @@ class Batch:
         # Non-cumulative bucket counts, as prometheus_client's multiprocess files hold them.
         h[_bisect_left(family.buckets, value)] += count
         h[-1] += value * count
+
+    def observe_all(self, family: Family, labels: Labels, values: list[float]) -> None:
+        """Observe many values at once (a chunk's latencies): bucket indexes counted in C, one sum."""
+        sk = (family, labels)
+        h = self.histograms.get(sk)
+        if h is None:
+            h = self.histograms[sk] = [0.0] * (len(family.buckets) + 2)
+        for i, n in Counter(map(partial(_bisect_left, family.buckets), values)).items():
+            h[i] += n
+        try:
+            h[-1] += fsum(values)
+        except OverflowError:  # not reachable with values <= MAX_AMOUNT; saturate rather than raise
+            h[-1] = 1.7976931348623157e308
+
+    def has_counter(self, family: Family, labels: Labels) -> bool:
+        """Whether this chunk already counted the series (its siblings are ensured then)."""
+        return (family, labels) in self.counters
 
     def ensure(self, family: Family, labels: Labels) -> None:
         """Create a series at zero if it does not exist yet."""

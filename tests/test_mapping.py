@@ -159,7 +159,7 @@ def test_a_bug_while_folding_a_chunk_is_counted_and_never_raises(m, monkeypatch)
     def broken(*a):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("mlsidecar.mapping._observe_all", broken)
+    monkeypatch.setattr("mlsidecar.store.Batch.observe_all", broken)
     m.tick(1000.0)  # must not raise: the worker would re-read the chunk for ever
     assert m.batch.counters[(C.EVENTS_REJECTED, ("mapper", "internal_error"))] == 1
     monkeypatch.undo()
