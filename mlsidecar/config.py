@@ -62,6 +62,7 @@ class SourcesConfig:
     follow_symlinked_dirs: bool = False
     poll_interval: float = 1.0
     flush_interval: float = 0.25
+    max_open_files: int = 256  # tailed files held open at once; idle ones are closed, reopened when written
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def from_dict(data: dict[str, Any], source: str = "(config)") -> Config:
         follow_symlinked_dirs=s.get("follow_symlinked_dirs", bool, False),
         poll_interval=s.positive("poll_interval", float, 1.0),
         flush_interval=s.positive("flush_interval", float, 0.25),
+        max_open_files=s.positive("max_open_files", int, 256),
     )
     s.finish()
 

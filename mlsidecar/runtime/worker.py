@@ -262,7 +262,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
                     saved_at=journal.get("time", 0.0), start_at_end=positions_lost,
                     watch=cfg.sources.watch, on_oversized=oversized_sources.append, on_gap=on_gap,
-                    follow_symlinked_dirs=cfg.sources.follow_symlinked_dirs)
+                    follow_symlinked_dirs=cfg.sources.follow_symlinked_dirs,
+                    max_open_files=cfg.sources.max_open_files)
     stop.wake = tailer.wake
     flush_every = cfg.sources.flush_interval
     poll = cfg.sources.poll_interval
@@ -288,7 +289,8 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
         # not seen by this run, and a restart reads them. Only the positions that changed are
         # handed on: with thousands of files, a flush writes what was read, not every position.
         # At the stop the journal is written whole (one record).
-        health.flush({"time": tailer.listed_at}, entries=tailer.position_changes(), rewrite=final)
+        if not health.flush({"time": tailer.listed_at}, entries=tailer.position_changes(), rewrite=final):
+            tailer.shed(16)  # if it was the descriptor limit (EMFILE), the next try finds one
 
     try:
         while not stop.requested:
@@ -373,8 +375,11 @@ def tail_status(tailer, patterns: list[str], ingest: Ingest, health: StateHealth
     return {"patterns": patterns, "watch": tailer.watch_mode,
             "sources": [{"name": tf.path, "open": True, "lines": tf.lines,
                          "bytes_behind": tailer.behind(tf), "rotated": tf.draining} for tf in listed],
-            "files": len(tailer.files), "rotated": len(tailer.retired),
+            "files": len(tailer.files) + len(tailer.parked), "rotated": len(tailer.retired),
             "sources_not_listed": len(readable) - len(listed),
+            # sources.max_open_files: how many are open, how many closed while idle.
+            "open_files": tailer.open_count(), "closed_idle": len(tailer.parked),
+            "max_open_files": tailer.max_open, "open_refused": tailer.fd_refused,
             "accepted": ingest.accepted, "rejected": ingest.rejected,
             **({"error": health.error} if health.error else {})}
 

@@ -44,8 +44,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..logs import RateLimitedLog
+
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
+
+
+def open_files_limit(wanted: int) -> int:
+    """How many tailed files may be open at once: ``wanted``, but at most half the soft
+    RLIMIT_NOFILE, so the journal, the status, the metric files and the rest always get one."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return max(1, wanted)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return max(1, wanted)
+    return max(1, min(wanted, soft // 2))
 
 
 class SiblingMoved(Exception):
@@ -157,6 +173,15 @@ class Identity:
         return "covered"
 
 
+@dataclass
+class Parked:
+    """A tailed file closed while idle: what identifies it, and how it looked when closed."""
+
+    ident: Identity
+    lines: int
+    checked: tuple[int, int]  # (size, mtime_ns) when closed; (-1, 0): to be looked at
+
+
 class TailedFile:
     """One open file and how far it has been read.
 
@@ -245,8 +270,15 @@ class Tailer:
     def __init__(self, patterns: list[str], *, max_line_bytes: int = 256 * 1024,
                  positions: dict | None = None, saved_at: float = 0.0, watch: str = "auto",
                  on_oversized=None, on_gap=None, start_at_end: bool = False,
-                 follow_symlinked_dirs: bool = False):
+                 follow_symlinked_dirs: bool = False, max_open_files: int = 256):
         self.patterns = list(patterns)
+        self.max_open = open_files_limit(max_open_files)
+        # Files closed while idle (more match than max_open): their identity, by (dev, inode).
+        self.parked: dict[tuple[int, int], Parked] = {}
+        self.parked_total = 0  # files closed while idle since the start
+        self.fd_refused = 0  # opens refused for the descriptor limit (EMFILE, ENFILE)
+        self._limit_log = RateLimitedLog(log, interval=60.0)
+        self._said_limit = False
         self.follow_symlinked_dirs = follow_symlinked_dirs
         self._warned: set[tuple[str, str]] = set()  # (path, what): each said once, not every scan
         for pattern in self.patterns:
@@ -410,16 +442,22 @@ class Tailer:
                 self._truncated(tf)
                 changed.append(path)
             tf.size = st.st_size
+        changed += self._look_at_parked(since)
+        parked_paths = {p.ident.path for p in self.parked.values()}
         for path, gone_at in list(self._missing.items()):
-            if path in self.files or started - gone_at > MISSING_LOOK:
+            if path in self.files or path in parked_paths or started - gone_at > MISSING_LOOK:
                 del self._missing[path]
             else:
                 changed.append(path)
         if changed:
             # Rotated twice since the last look: the middle generation was never seen.
             self._read_unseen(sorted(set(changed)), since)
+        self._park_idle()
         at_end, self._start_at_end = self._start_at_end, False
-        for path in sorted(matched - set(self.files)):
+        for path in sorted(matched - set(self.files) - parked_paths):
+            if not self._room():
+                self.rescan = True  # opened at the next look, once idle files are closed
+                break
             opened = self._open(path)
             if opened is not None and at_end:
                 self._skip_to_end(opened)
@@ -460,6 +498,9 @@ class Tailer:
         except FileNotFoundError:
             return None
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._fd_refused(name or path, exc)
+                return None
             # Said once per path and reason (a refused symlink stays refused at every scan).
             self._warn_once(name or path, f"open:{exc.errno}", "cannot open %s: %s", name or path, exc)
             return None
@@ -474,32 +515,129 @@ class Tailer:
         saved, self._saved = self._saved, []
         rotated: set[str] = set()
         for ident in saved:
-            path = ident.path
-            found = self._resume_in_place(ident)
-            if found == "resumed":
+            if not ident.draining and not self._room():
+                # More files than may be open: looked at (opened, verified, read) by the next
+                # looks, a batch at a time, as idle ones are closed.
+                self.parked[(ident.dev, ident.ino)] = Parked(ident, 0, (-1, 0))
+                self.rescan = True
                 continue
-            rotated.add(path)
-            if found == "changed" or not ident.offset:
-                # Nothing was read from it: nothing to verify it by, nothing to finish. If it
-                # was written and rotated away meanwhile, it is an unseen generation (below).
-                continue
-            tf = None
-            for _attempt in range(4):  # logrotate may rename it between the look and the open
-                old = self._find_inode(os.path.dirname(path) or ".", ident.dev, ident.ino)
-                if old is None:
-                    break
-                tf = self._open_verified(ident, old)
-                if tf is not None or os.path.lexists(old):
-                    break
-            if tf is not None:
-                self._retire(tf, path)
-                log.info("%s was rotated to %s while stopped; finishing it", path, old)
-                continue
-            self._finish_from_copy(ident, path, while_down=True)
+            self._resume(ident, rotated)
         # Generations created and rotated away while we were down were never seen.
         self._read_unseen(sorted(rotated), self._saved_at, saved)
         now = time.time()
         self._missing.update((p, now) for p in rotated if not os.path.lexists(p))
+
+    def _resume(self, ident: Identity, rotated: set[str]) -> None:
+        """Go on from a position not open now (of the last run, or of a file closed while idle):
+        in place, or in the file it was rotated to, or in a copy; ``rotated`` gets its path
+        if it is not at its path any more."""
+        path = ident.path
+        found = self._resume_in_place(ident)
+        if found == "resumed":
+            return
+        rotated.add(path)
+        if found == "changed" or not ident.offset:
+            # Nothing was read from it: nothing to verify it by, nothing to finish. If it
+            # was written and rotated away meanwhile, it is an unseen generation (below).
+            return
+        tf = None
+        for _attempt in range(4):  # logrotate may rename it between the look and the open
+            old = self._find_inode(os.path.dirname(path) or ".", ident.dev, ident.ino)
+            if old is None:
+                break
+            tf = self._open_verified(ident, old)
+            if tf is not None or os.path.lexists(old):
+                break
+        if tf is not None:
+            self._retire(tf, path)
+            log.info("%s was rotated to %s while stopped or closed; finishing it", path, old)
+            return
+        self._finish_from_copy(ident, path, while_down=True)
+
+    # --- a bounded set of open files ---------------------------------------------
+    def open_count(self) -> int:
+        return len(self.files) + len(self.retired)
+
+    def _room(self) -> bool:
+        """May one more file be opened? Closes an idle one to make room if need be."""
+        if self.open_count() < self.max_open:
+            return True
+        self._park_idle(need=1)
+        return self.open_count() < self.max_open
+
+    def _park_idle(self, need: int = 0) -> int:
+        """Close the files idle longest (read to their end) while more than max_open are open."""
+        excess = self.open_count() + need - self.max_open
+        if excess <= 0:
+            return 0
+        idle = [tf for tf in self.files.values() if not tf.more and tf.read_to >= tf.size]
+        idle.sort(key=lambda tf: tf.last_data)
+        for tf in idle[:excess]:
+            self.park(tf)
+        if self.parked and not self._said_limit:
+            self._said_limit = True
+            log.warning("more tailed files than may be open at once (%d: sources.max_open_files, at "
+                        "most half the soft RLIMIT_NOFILE): files are closed while idle and reopened "
+                        "at their position when written", self.max_open)
+        return min(excess, len(idle))
+
+    def shed(self, n: int) -> int:
+        """Close up to ``n`` idle files now (a descriptor is needed elsewhere)."""
+        idle = sorted((tf for tf in self.files.values() if not tf.more and tf.read_to >= tf.size),
+                      key=lambda tf: tf.last_data)[:n]
+        for tf in idle:
+            self.park(tf)
+        return len(idle)
+
+    def park(self, tf: TailedFile) -> None:
+        """Close an idle file, keeping what identifies it and its position; reopened by
+        _look_at_parked when its size or mtime changes, checked to be the same file."""
+        st = os.fstat(tf.fd)
+        tf.read_to = tf.offset  # a partial line is read again when reopened
+        tf.partial = b""
+        self.parked[(tf.dev, tf.ino)] = Parked(tf.identity(), tf.lines, (st.st_size, st.st_mtime_ns))
+        del self.files[tf.path]
+        tf.close()
+        self.parked_total += 1
+        self.file_changes += 1
+
+    def _look_at_parked(self, since: float) -> list[str]:
+        """Reopen the closed files that were written (or moved, or replaced) since they were
+        closed, as many as there is room for; the paths of those rotated away."""
+        wanted = []
+        for key, p in self.parked.items():
+            try:
+                st = os.stat(p.ident.path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) == key and (st.st_size, st.st_mtime_ns) == p.checked:
+                continue
+            wanted.append((key, p))
+        rotated: set[str] = set()
+        idents = []
+        for key, p in wanted:
+            if not self._room():
+                self.rescan = True  # the others at the next look
+                break
+            del self.parked[key]
+            idents.append(p.ident)
+            self._resume(p.ident, rotated)
+            tf = self.files.get(p.ident.path)
+            if tf is not None and (tf.dev, tf.ino) == key:
+                tf.lines = p.lines
+        if rotated:
+            self._read_unseen(sorted(rotated), since, idents)
+            now = time.time()
+            self._missing.update((p, now) for p in rotated if not os.path.lexists(p))
+        return sorted(rotated)
+
+    def _fd_refused(self, name: str, exc: OSError) -> None:
+        self.fd_refused += 1
+        self.shed(16)
+        self.rescan = True
+        self._limit_log.warning("emfile", "cannot open %s: %s (the descriptor limit, RLIMIT_NOFILE); "
+                                "closing idle files and trying again (lower sources.max_open_files)",
+                                name, exc.strerror or exc)
 
     def _resume_in_place(self, ident: Identity) -> str | None:
         """The saved file is still at its path: go on from the position ("resumed"), or, when
@@ -874,12 +1012,17 @@ class Tailer:
         """Every position, keyed by what is read (a decompressed copy may carry the number of
         a reused inode); saved positions not resumed yet stay until they are."""
         out = {key: tf.position() for key, tf in self._readable_by_key().items()}
+        for key, ident in self._parked_by_key().items():
+            out.setdefault(key, _saved_position(ident))
         for i, ident in enumerate(self._saved):  # inode numbers may repeat among them: not a key
             out.setdefault(f"saved-{i}", _saved_position(ident))
         return out
 
     def _readable_by_key(self) -> dict[str, TailedFile]:
         return {f"{tf.physical[0]}:{tf.physical[1]}": tf for tf in self.readable()}
+
+    def _parked_by_key(self) -> dict[str, Identity]:
+        return {f"{dev}:{ino}": p.ident for (dev, ino), p in self.parked.items()}
 
     def position_changes(self) -> dict[str, dict | None]:
         """The positions that changed since the last call (None: gone), for a journal that
@@ -893,8 +1036,8 @@ class Tailer:
             now[key] = sig
             if last.get(key) != sig:
                 out[key] = tf.position()
-        for i, ident in enumerate(self._saved):
-            key = f"saved-{i}"
+        for key, ident in [*self._parked_by_key().items(),
+                           *((f"saved-{i}", ident) for i, ident in enumerate(self._saved))]:
             if key not in now:
                 sig = (ident.path, ident.dev, ident.ino, ident.offset, ident.size, ident.skipping,
                        ident.draining, ident.mtime, ident.head, ident.tail)
