@@ -706,10 +706,13 @@ class Tailer:
         compressed_tries = 0
         vanished = False
         # Oldest first from the file's last change: its copy was made after that (plain copies) or
-        # keeps that mtime (compressed ones); newer generations come after it.
+        # keeps that mtime (compressed ones); newer generations come after it. Those a little
+        # older than that change (within COPY_SLACK: coarse clocks) come last, so that a pile of
+        # them cannot use up the MAX_COMPRESSED_TRIES before the one just compressed is tried.
         candidates = [(st, p) for st, p in self._siblings(path)
                       if st.st_mtime >= ident.mtime - COPY_SLACK]
-        for st, sibling in sorted(candidates, key=lambda x: x[0].st_mtime):
+        for st, sibling in sorted(candidates, key=lambda x: (x[0].st_mtime < ident.mtime - MTIME_SLACK,
+                                                             x[0].st_mtime)):
             key = (st.st_dev, st.st_ino)
             if key == (ident.dev, ident.ino) or key in open_inodes or st.st_size == 0:
                 continue
@@ -1002,8 +1005,16 @@ class Tailer:
         A writer that has not reopened its log yet still appends to the renamed
         file, so a rotated file is kept until it goes quiet, not just to EOF.
         """
+        wall = time.time()
         for tf in list(self.retired):
-            if tf.last_data < now - quiet and (tf.decompressed or tf.read_to >= os.fstat(tf.fd).st_size):
+            st = os.fstat(tf.fd)  # of a decompressed copy: the private copy
+            if tf.read_to < st.st_size:
+                continue  # not read to its end yet
+            # Quiet since we opened it, or (after a restart, which opened it again) not written
+            # for that long by its own mtime: a generation read whole and gone quiet is let go,
+            # and its position with it, so frequent restarts do not pile them up.
+            mtime = tf.mtime if tf.decompressed else st.st_mtime
+            if tf.last_data < now - quiet or mtime < wall - quiet:
                 self.retired.remove(tf)
                 tf.close()
                 self.file_changes += 1
