@@ -382,11 +382,14 @@ class Tailer:
     # --- discovery and rotation ---------------------------------------------------
     def matched_paths(self) -> list[str]:
         paths: set[str] = set()
+        known = self.files.keys() | {p.ident.path for p in self.parked.values()}
         for pattern in self.patterns:
             if glob.has_magic(pattern):
-                paths.update(p for p in glob.glob(pattern)  # open ones are checked by scan()
-                             if (p in self.files or os.path.isfile(p))
-                             and not self._through_symlinked_dir(pattern, p))
+                # A wildcard in the file name alone picks no directory: nothing to check there.
+                dirs = glob.has_magic(os.path.dirname(pattern))
+                paths.update(p for p in glob.glob(pattern)  # known ones are checked by scan()
+                             if (p in known or os.path.isfile(p))
+                             and not (dirs and self._through_symlinked_dir(pattern, p)))
             elif os.path.isfile(pattern):
                 paths.add(pattern)
         return sorted(paths)
