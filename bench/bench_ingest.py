@@ -151,8 +151,8 @@ def inprocess_ingest(log: str, n: int, work: str, chunk_bytes: int = 1 << 20) ->
     """Ingest.lines + SeriesWriter.apply/flush over the log in chunks, like the tail worker."""
     from mlsidecar import catalogue as C
     from mlsidecar import config as configmod
+    from mlsidecar.runtime.ingest import Ingest, make_mapper, make_writer
     from mlsidecar.runtime.state import StateDir
-    from mlsidecar.runtime.worker import Ingest, make_mapper, make_writer
     from mlsidecar.store import Batch
 
     state_dir = tempfile.mkdtemp(prefix="inproc-", dir=work)

@@ -8,7 +8,7 @@ import random
 from mlsidecar import catalogue as C
 from mlsidecar.config import Config
 from mlsidecar.events import Rejected
-from mlsidecar.runtime.worker import make_mapper
+from mlsidecar.runtime.ingest import make_mapper
 from mlsidecar.store import Batch
 
 VALUES = [None, 0, 1, -1, 0.5, 1.5, -0.0, 1e308, -1e308, 5e-324, True, False, "1", "x", [], {},

@@ -18,8 +18,8 @@ from mlsidecar.analytics import window
 from mlsidecar.events import Rejected
 from mlsidecar.exposition import MetricsReader
 from mlsidecar.mapping import Mapper
+from mlsidecar.runtime.ingest import Ingest, make_mapper, make_writer
 from mlsidecar.runtime.state import StateDir
-from mlsidecar.runtime.worker import Ingest, make_mapper, make_writer
 from mlsidecar.store import Batch, SeriesWriter
 
 

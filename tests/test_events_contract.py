@@ -11,7 +11,7 @@ import pytest
 from mlsidecar import events
 from mlsidecar.config import Config
 from mlsidecar.events import Rejected
-from mlsidecar.runtime.worker import make_mapper
+from mlsidecar.runtime.ingest import make_mapper
 from mlsidecar.store import Batch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ from mlsidecar import catalogue as C
 from mlsidecar import config as configmod
 from mlsidecar.events import KINDS
 from mlsidecar.exposition import MetricsReader
+from mlsidecar.runtime.ingest import INTERNAL, Ingest, make_mapper, make_writer
 from mlsidecar.runtime.state import StateDir
-from mlsidecar.runtime.worker import INTERNAL, Ingest, make_mapper, make_writer
 from mlsidecar.store import Batch
 
 SCHEMA = json.load(open(os.path.join(os.path.dirname(C.__file__), "events.schema.json")))

@@ -12,7 +12,7 @@ from mlsidecar.analytics.performance import CONFUSION
 from mlsidecar.analytics.quality import RATE
 from mlsidecar.config import from_dict
 from mlsidecar.mapping import Mapper
-from mlsidecar.runtime.worker import make_mapper
+from mlsidecar.runtime.ingest import make_mapper
 from mlsidecar.store import Batch
 
 LONG = "abcdefghij" * 20  # 200 characters

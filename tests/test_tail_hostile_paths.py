@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from mlsidecar import config as configmod
+from mlsidecar.runtime.ingest import Ingest, make_mapper, make_writer, preview
 from mlsidecar.runtime.state import StateDir
-from mlsidecar.runtime.worker import Ingest, make_mapper, make_writer, preview
 from mlsidecar.sources.tail import Tailer, open_regular
 from mlsidecar.store import Batch
 

@@ -11,7 +11,7 @@ from mlsidecar import catalogue as C
 from mlsidecar.config import Config
 from mlsidecar.events import Rejected
 from mlsidecar.mapping import Mapper
-from mlsidecar.runtime.worker import Ingest
+from mlsidecar.runtime.ingest import Ingest
 from mlsidecar.store import Batch, SeriesWriter
 
 NOW = 1_700_000_000.0

@@ -27,8 +27,8 @@ from ..collectors import Collector, Reading
 from ..config import Config
 from ..logs import RateLimitedLog
 from ..store import SeriesKey, SeriesWriter
+from .ingest import Stop, make_writer, write_status
 from .state import StateDir
-from .worker import Stop, make_writer, write_status
 
 log = logging.getLogger("mlsidecar.collect")
 

@@ -127,7 +127,7 @@ def _worker_main(spec: WorkerSpec, cfg: Config, sock: socket.socket | None, expe
 
         run_tail_worker(spec.identity, cfg, list(spec.args))
     elif spec.role == "socket":
-        from ..sources.socket import run_socket_worker
+        from .worker import run_socket_worker
 
         run_socket_worker(spec.identity, cfg)
     elif spec.role == "collect":

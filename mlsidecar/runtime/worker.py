@@ -1,4 +1,5 @@
-"""Worker processes: ingest (file tail or socket) and collectors.
+"""Worker processes: the file tail and the socket worker, each a source driven by the one
+ingest loop (:func:`mlsidecar.runtime.ingest.run`).
 
 An ingest worker parses chunks of lines with orjson, maps them into a
 :class:`~mlsidecar.store.Batch` (plain dicts), and flushes each touched series
@@ -10,224 +11,52 @@ and a crash neither loses nor re-counts it.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import threading
+import socket
 import time
-import traceback
-
-import orjson
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .. import catalogue as C
-from .. import events
 from ..config import Config
-from ..events import NOT_OBJECT, OVERSIZED, Rejected, parse_line
-from ..logs import RateLimitedLog
-from ..mapping import Mapper
-from ..store import FAULT_POSITIONS, FAULT_WRITE, Batch, SeriesWriter, StateWriteError
-from .state import StateDir
+from ..exemplars import ExemplarStore
+from ..sources.socket import (
+    BACKPRESSURE,
+    BUFFER_LIMIT,
+    CONNECTION_LIMIT,
+    CRASH,
+    FD_LIMIT,
+    SocketError,
+    SocketReader,
+    bind_unix,
+    unbind,
+)
+from ..store import FAULT_POSITIONS, Batch
+from . import ingest as ingest_loop
+from .ingest import (
+    BURST_BYTES,
+    CAUGHT_UP_FLUSH,
+    IDLE_TICK,
+    OVERSIZED,
+    STATUS_EVERY,
+    Chunk,
+    Counts,
+    Ingest,
+    Positions,
+    Sample,
+    StateHealth,
+    Stop,
+    make_mapper,
+    make_writer,
+    write_status,
+)
+from .state import SocketLedger, StateDir
 
 log = logging.getLogger("mlsidecar.worker")
 
-INTERNAL = "internal_error"
 READ_PAUSE = 0.05  # seconds between reads of a file that is written slowly
-CAUGHT_UP_FLUSH = 0.1  # seconds between flushes once the files are read to their end after a burst
-BURST_BYTES = 1 << 20  # read since the last flush: a burst, whose last lines are flushed at once
-STATUS_EVERY = 3.0  # seconds between status writes when only counts changed (the server's STALE_AFTER is 10)
 GAUGE_REFRESH = 60.0  # an unchanged gauge is written again this often (it must not expire)
-IDLE_TICK = 1.0  # seconds between analytics ticks with nothing read (windows expire; nothing is new)
-
-
-PREVIEW_BYTES = 32
-
-
-def preview(line: bytes) -> str:
-    """What a log line may show of a workload's line: a short, escaped prefix and its length.
-
-    Event lines can carry what must not reach a log pipeline (a token, a password hash in a
-    line that was never meant for us); the reason and the length are what an operator needs.
-    """
-    head = repr(bytes(line[:PREVIEW_BYTES]))
-    return f"{head}{'...' if len(line) > PREVIEW_BYTES else ''} ({len(line)} bytes)"
-
-
-class Stop:
-    """Set by SIGTERM/SIGINT: finish the chunk in hand, flush, exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        # The event the worker's loop waits on; a worker hands in its own (the tailer's, the
-        # socket reader's) so that a SIGTERM ends the wait at once.
-        self.wake = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._set)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads, not us
-
-    def _set(self, signum: int, frame: object) -> None:
-        self.requested = True
-        self.wake.set()
-
-
-def make_writer(cfg: Config, state: StateDir, identity: str, journal: bool = True) -> SeriesWriter:
-    writer = SeriesWriter(
-        state.metrics, identity, state.journal(identity) if journal else None,
-        static_labels=cfg.static_labels(), series_limit=cfg.limits.max_series_per_metric,
-        expiry=C.builtin().expiry(dict(cfg.expire)),
-        # Ingest workers share limits.max_series; collectors' series are bounded by the hardware.
-        total_limit=cfg.series_share() if identity.startswith("tail-") or identity == "socket" else None,
-    )
-    limited_log = RateLimitedLog(log)
-
-    def on_limited(name: str) -> None:
-        if name == C.SERIES_LIMITED.name:
-            return  # the counter of refused series is itself full: counting it would recurse
-        writer.inc(C.SERIES_LIMITED, (name,))
-        limited_log.warning(name, "%s reached its limit of %d series (limits.max_series_per_metric), "
-                            "or this worker's share of limits.max_series (%d) is used; new series "
-                            "are dropped", name, cfg.limits.max_series_per_metric,
-                            writer.total_limit or 0)
-
-    writer.on_limited = on_limited
-    for kind, _message in writer.faults:  # already logged by the writer
-        writer.inc(C.STATE_FAULTS, (identity, kind))
-    return writer
-
-
-class StateHealth:
-    """Flushes that the state dir refuses (full disk, read-only): logged, counted, reported.
-
-    The flush is kept in memory and tried again at the next one, so nothing is lost and
-    nothing counted twice; meanwhile the worker's status carries the error, which makes
-    /readyz fail with it.
-    """
-
-    def __init__(self, identity: str, writer: SeriesWriter):
-        self.identity = identity
-        self.writer = writer
-        self.error = ""
-        self.log = RateLimitedLog(log, interval=60.0)
-
-    def flush(self, state=None, **kw) -> bool:
-        try:
-            self.writer.flush(state, **kw)
-        except StateWriteError as exc:
-            if not self.error:
-                self.writer.inc(C.STATE_FAULTS, (self.identity, FAULT_WRITE))
-            self.error = f"state dir: {exc.strerror or exc}; values kept in memory, retrying"
-            self.log.warning("state", "%s: %s; nothing is lost, retrying at every flush", self.identity,
-                           exc.strerror or exc)
-            return False
-        if self.error:
-            log.warning("%s: the state dir takes writes again; flushed", self.identity)
-            self.error = ""
-        return True
-
-
-def make_mapper(cfg: Config, batch: Batch) -> Mapper:
-    from ..analytics import engine
-
-    length = cfg.limits.label_value_length
-    analytics = engine.build(cfg.analytics, length)  # None settings: the defaults
-    return Mapper(batch, metric_prefix=cfg.metric_prefix, user_mappings=cfg.mappings,
-                  label_value_length=length,
-                  metric_buckets=cfg.metric_buckets or C.LATENCY_BUCKETS, analytics=analytics,
-                  error_rate_window=getattr(cfg.analytics, "error_rate_window", 300.0),
-                  max_user_metrics=cfg.limits.max_user_metrics,
-                  # An error-rate window beyond what the worker may export would be kept for nothing.
-                  max_error_rates=min(cfg.limits.max_series_per_metric, cfg.series_share()))
-
-
-class Ingest:
-    """Lines in, batch updates out: shared by the file and socket workers."""
-
-    def __init__(self, cfg: Config, mapper: Mapper, batch: Batch, writer: SeriesWriter):
-        self.cfg = cfg
-        self.mapper = mapper
-        # Training runs in progress before a restart, and the user families found in the files.
-        mapper.restore(writer.values, writer.user_families)
-        self.batch = batch
-        self.writer = writer
-        self.max_line = cfg.sources.max_line_bytes
-        self.rejects = RateLimitedLog(log)
-        self.accepted = 0
-        self.rejected = 0
-        # Counters whose labels are a fixed set start at 0, so that rate() and increase() see the
-        # first rejection and the first refused series: every reason per source, every built-in
-        # family the series limit can refuse.
-        self.sources_seen: set[str] = set()
-        for fam in [*writer.catalogue.values(), *writer.user_families]:
-            if fam.fed_by.split(" ", 1)[0] in events.KINDS:
-                writer.inc(C.SERIES_LIMITED, (fam.name,), 0)
-
-    def lines(self, lines: list[bytes], source: str) -> None:
-        """Map a chunk of lines; count accepted kinds and rejection reasons in the batch."""
-        handle = self.mapper.handle
-        # Predictions are most lines: straight to their handler unless a user mapping extends them.
-        prediction = None if "prediction" in self.mapper.user_mappings else self.mapper.prediction
-        loads = orjson.loads
-        max_line = self.max_line
-        kinds: dict[str, int] = {}
-        reasons: dict[str, int] = {}
-        predictions = 0
-        for line in lines:
-            if len(line) > max_line:
-                reasons[OVERSIZED] = reasons.get(OVERSIZED, 0) + 1
-                self.rejects.warning(OVERSIZED, "%s: line of %d bytes over the %d-byte limit skipped",
-                                     source, len(line), max_line)
-                continue
-            try:
-                ev = loads(line)
-                if type(ev) is not dict:
-                    if not line.strip():
-                        continue  # blank lines are not events
-                    raise Rejected(NOT_OBJECT, f"got {type(ev).__name__}")
-                if prediction is not None and ev.get("event") == "prediction":
-                    prediction(ev)
-                    predictions += 1
-                    continue
-                kind = handle(ev)
-            except orjson.JSONDecodeError:
-                if not line.strip():
-                    continue
-                try:
-                    parse_line(line)
-                except Rejected as r:
-                    reasons[r.reason] = reasons.get(r.reason, 0) + 1
-                    self.rejects.warning(r.reason, "%s: rejected line (%s): %s", source, r, preview(line))
-                continue
-            except Rejected as r:
-                reasons[r.reason] = reasons.get(r.reason, 0) + 1
-                self.rejects.warning(r.reason, "%s: rejected event (%s): %s", source, r, preview(line))
-                continue
-            except Exception:  # noqa: BLE001 - a bug of ours must not stop the stream
-                reasons[INTERNAL] = reasons.get(INTERNAL, 0) + 1
-                self.rejects.warning(INTERNAL, "%s: internal error on %s\n%s", source, preview(line),
-                                     traceback.format_exc())
-                continue
-            kinds[kind] = kinds.get(kind, 0) + 1
-        if predictions:
-            kinds["prediction"] = kinds.get("prediction", 0) + predictions
-        batch = self.batch
-        for kind, n in kinds.items():
-            batch.inc(C.EVENTS, (source, kind), n)
-            self.accepted += n
-        if source not in self.sources_seen:
-            self.zero_source(source)
-        for reason, n in reasons.items():
-            batch.inc(C.EVENTS_REJECTED, (source, reason), n)
-            self.rejected += n
-
-    def zero_source(self, source: str) -> None:
-        """Every rejection reason of a new source, at 0."""
-        self.sources_seen.add(source)
-        for reason in events.REASONS + (INTERNAL,):
-            self.batch.inc(C.EVENTS_REJECTED, (source, reason), 0)
-
-    def reject(self, source: str, reason: str, n: int = 1) -> None:
-        if source not in self.sources_seen:
-            self.zero_source(source)
-        self.batch.inc(C.EVENTS_REJECTED, (source, reason), n)
-        self.rejected += n
+SOCKET_IDLE_WAIT = 0.2  # seconds the socket worker sleeps with nothing queued and nothing to flush
+SOCKET_TAKE = 64  # queued chunks taken per read, between the loop's flush checks
 
 
 def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
@@ -384,13 +213,132 @@ def tail_status(tailer, patterns: list[str], ingest: Ingest, health: StateHealth
             **({"error": health.error} if health.error else {})}
 
 
-def write_status(state: StateDir, identity: str, role: str, extra: dict) -> None:
-    """Report for /readyz and the status page; a state dir that refuses it is logged, not fatal."""
+class SocketSource:
+    """The unix sockets as a source: the reader thread's queue, its drop counts, the ledger.
+
+    The ledger learns of every line taken (and of every line dropped when the queue is full)
+    and, after each flush, that they are on disk; so the next start counts lines lost to a
+    crash as dropped (reason ``crash``).
+    """
+
+    role = "socket"
+    idle_wait = SOCKET_IDLE_WAIT
+    settle = 0.0
+
+    def __init__(self, reader: Any, ledger: SocketLedger, ingest: Ingest,
+                 listeners: list[tuple[socket.socket, str]]):
+        self.reader = reader
+        self.wake = reader.wake
+        self.ledger = ledger
+        self.ingest = ingest
+        self.listeners = listeners
+        self.names = [str(n) for n in reader.names.values()]
+        self.stream = str(reader.names["stream"]) if "stream" in reader.names else ""
+        self._nbytes = 0
+        self._took = False
+
+    def _take(self, limit: int | None) -> Iterator[Chunk]:
+        n = 0
+        while limit is None or n < limit:
+            item = self.reader.take()
+            if item is None:
+                return
+            name, lines, nbytes = item
+            n += 1
+            self._nbytes += nbytes
+            self._took = True
+            self.ledger.took(str(name), len(lines))  # in the batch once the loop has mapped them
+            yield str(name), lines
+
+    def read(self) -> Iterator[Chunk]:
+        return self._take(SOCKET_TAKE)
+
+    def drain(self) -> Iterator[Chunk]:
+        # What the reader queued is mapped and flushed; what it reads after this is not taken.
+        return self._take(None)
+
+    def counts(self) -> Counts:
+        dropped, oversized, rejected = self.reader.drain_counts()
+        counts = Counts(progressed=self._took, nbytes=self._nbytes,
+                        oversized={str(s): n for s, n in oversized.items()})
+        for (s, reason), n in dropped.items():
+            counts.increments.append((C.EVENTS_DROPPED, (str(s), reason), n))
+            if reason == BACKPRESSURE:  # offered, then dropped: accounted for
+                self.ledger.took(str(s), n)
+        for reason, n in rejected.items():
+            counts.increments.append((C.SOCKET_CONNECTIONS_REJECTED, (self.stream, reason), n))
+        self._nbytes, self._took = 0, False
+        return counts
+
+    def positions(self, final: bool) -> Positions | None:
+        return None  # a socket cannot be read again: the ledger accounts for what a crash loses
+
+    def flushed(self, ok: bool) -> None:
+        if ok:
+            self.ledger.flushed()
+
+    def every_second(self, now: float) -> Iterable[Sample]:
+        return ()
+
+    def status(self) -> dict[str, Any]:
+        lines = self.ingest.accepted + self.ingest.rejected
+        return {"sources": [{"name": s, "open": True, "lines": lines} for s in self.names],
+                "peers": self.reader.peers()}
+
+    def status_shape(self) -> tuple[Any, ...]:
+        # Written each second while lines arrive or peers change (as a socket worker always did).
+        return (self.ingest.accepted, self.ingest.rejected, tuple(self.reader.peers()))
+
+    def wait(self, timeout: float) -> None:
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def close(self) -> None:
+        self.reader.stopping = True
+        for listener, path in self.listeners:
+            unbind(listener, path)
+
+
+def run_socket_worker(identity: str, cfg: Config) -> None:
+    """Listen on the configured sockets until SIGTERM; the body of the ``socket`` worker."""
+    stop = Stop()
+    src = cfg.sources
+    stream = dgram = None
     try:
-        state.write_status(identity, {"identity": identity, "role": role, "pid": os.getpid(),
-                                      "updated": time.time(), **extra})
-    except OSError as exc:
-        _status_log.warning("status", "%s: cannot write its status: %s", identity, exc)
-
-
-_status_log = RateLimitedLog(log, interval=60.0)
+        if src.socket:
+            stream = bind_unix(src.socket, socket.SOCK_STREAM, src.socket_mode, src.socket_group)
+        if src.socket_datagram:
+            dgram = bind_unix(src.socket_datagram, socket.SOCK_DGRAM, src.socket_mode, src.socket_group)
+    except (SocketError, OSError, KeyError) as exc:
+        log.error("cannot open socket source: %s", exc)
+        write_status(StateDir(cfg.state_dir), identity, "socket", {"error": str(exc)})
+        raise SystemExit(1) from exc
+    state = StateDir(cfg.state_dir)
+    writer = make_writer(cfg, state, identity, journal=False)
+    health = StateHealth(identity, writer)
+    batch = Batch()
+    mapper = make_mapper(cfg, batch)
+    mapper.exemplars = ExemplarStore(cfg.state_dir, identity, cfg.static_labels())
+    ingest = Ingest(cfg, mapper, batch, writer)
+    reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue, src.socket_queue_bytes,
+                          src.socket_max_connections, src.socket_buffer_bytes)
+    reader.ledger = ledger = SocketLedger(state, identity)
+    listeners = [(sock, path) for sock, path in ((stream, src.socket), (dgram, src.socket_datagram))
+                 if sock is not None]
+    source = SocketSource(reader, ledger, ingest, listeners)
+    stop.wake = source.wake
+    # Zero-started counters, and the lines the last run took but never flushed (a crash).
+    for s in source.names:
+        batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), 0)
+        lost = ledger.lost_at_last_stop(s)
+        batch.inc(C.EVENTS_DROPPED, (s, CRASH), lost)
+        if lost:
+            log.warning("%s: %d lines taken off the socket before the last crash were never counted "
+                        "(queued or not flushed yet); counted as dropped (reason %s)", s, lost, CRASH)
+    reader.start()
+    if source.stream:
+        batch.inc(C.EVENTS_DROPPED, (source.stream, BUFFER_LIMIT), 0)
+        for reason in (CONNECTION_LIMIT, FD_LIMIT):
+            batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (source.stream, reason), 0)
+    log.info("listening for events on %s", ", ".join(source.names))
+    ingest_loop.run(identity, source, ingest, health, state, stop, src.flush_interval)

@@ -28,16 +28,9 @@ import stat
 import struct
 import threading
 import time
-from typing import cast
+from typing import Protocol, cast
 
-from .. import catalogue as C
-from ..config import Config
-from ..events import OVERSIZED
-from ..exemplars import ExemplarStore
 from ..logs import RateLimitedLog
-from ..runtime.state import SocketLedger, StateDir
-from ..runtime.worker import Ingest, Stop, make_mapper, make_writer, write_status
-from ..store import Batch
 
 log = logging.getLogger("mlsidecar.socket")
 
@@ -52,6 +45,13 @@ CONNECTION_LIMIT = "connection_limit"
 FD_LIMIT = "fd_limit"
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_PAUSE = 1.0  # seconds the listener is left alone after running out of descriptors
+
+
+class Ledger(Protocol):
+    """Told of every batch of lines taken off a socket, before anything can lose them (the
+    socket worker's :class:`~mlsidecar.runtime.state.SocketLedger`)."""
+
+    def received(self, source: str, n: int) -> None: ...
 
 
 class SocketError(Exception):
@@ -88,7 +88,7 @@ def bind_unix(path: str, kind: int, mode: int, group: str = "") -> socket.socket
 class SocketReader(threading.Thread):
     """Drains the sockets into a bounded queue of line lists; drops (and counts) when full."""
 
-    ledger: SocketLedger | None = None  # lines taken off the sockets, for the next start
+    ledger: Ledger | None = None  # lines taken off the sockets, for the next start
 
     def __init__(self, stream: socket.socket | None, dgram: socket.socket | None,
                  max_line_bytes: int, max_pending: int, max_pending_bytes: int = 16 << 20,
@@ -143,7 +143,8 @@ class SocketReader(threading.Thread):
         key = (source, reason)
         self.dropped[key] = self.dropped.get(key, 0) + n
 
-    def take(self) -> tuple[str, list[bytes]] | None:
+    def take(self) -> tuple[str, list[bytes], int] | None:
+        """The oldest queued lines: (source, lines, their bytes), or None."""
         try:
             source, lines, nbytes = self.queue.get_nowait()
         except queue.Empty:
@@ -151,7 +152,7 @@ class SocketReader(threading.Thread):
         with self.lock:
             self.pending -= len(lines)
             self.pending_bytes -= nbytes
-        return source, lines
+        return source, lines, nbytes
 
     def run(self) -> None:
         while not self.stopping:
@@ -317,104 +318,11 @@ class SocketReader(threading.Thread):
         return dropped, oversized, rejected
 
 
-def run_socket_worker(identity: str, cfg: Config) -> None:
-    """Listen on the configured sockets until SIGTERM; the body of the ``socket`` worker."""
-    stop = Stop()
-    src = cfg.sources
-    stream = dgram = None
+def unbind(sock: socket.socket, path: str) -> None:
+    """Close a socket made by :func:`bind_unix` and remove its file (only if it is a socket)."""
+    sock.close()
     try:
-        if src.socket:
-            stream = bind_unix(src.socket, socket.SOCK_STREAM, src.socket_mode, src.socket_group)
-        if src.socket_datagram:
-            dgram = bind_unix(src.socket_datagram, socket.SOCK_DGRAM, src.socket_mode, src.socket_group)
-    except (SocketError, OSError, KeyError) as exc:
-        log.error("cannot open socket source: %s", exc)
-        write_status(StateDir(cfg.state_dir), identity, "socket", {"error": str(exc)})
-        raise SystemExit(1) from exc
-    state = StateDir(cfg.state_dir)
-    writer = make_writer(cfg, state, identity, journal=False)
-    batch = Batch()
-    mapper = make_mapper(cfg, batch)
-    mapper.exemplars = ExemplarStore(cfg.state_dir, identity, cfg.static_labels())
-    ingest = Ingest(cfg, mapper, batch, writer)
-    reader = SocketReader(stream, dgram, src.max_line_bytes, src.socket_queue, src.socket_queue_bytes,
-                          src.socket_max_connections, src.socket_buffer_bytes)
-    stop.wake = reader.wake
-    reader.ledger = ledger = SocketLedger(state, identity)
-    sources = [str(n) for n in reader.names.values()]
-    for s in sources:
-        batch.inc(C.EVENTS_DROPPED, (s, BACKPRESSURE), 0)
-        lost = ledger.lost_at_last_stop(s)
-        batch.inc(C.EVENTS_DROPPED, (s, CRASH), lost)
-        if lost:
-            log.warning("%s: %d lines taken off the socket before the last crash were never counted "
-                        "(queued or not flushed yet); counted as dropped (reason %s)", s, lost, CRASH)
-    reader.start()
-    if stream is not None:
-        name = str(reader.names["stream"])
-        batch.inc(C.EVENTS_DROPPED, (name, BUFFER_LIMIT), 0)
-        for reason in (CONNECTION_LIMIT, FD_LIMIT):
-            batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (name, reason), 0)
-    log.info("listening for events on %s", ", ".join(sources))
-    last_flush = last_status = 0.0
-    try:
-        while not stop.requested:
-            item = reader.take()
-            if item is not None:
-                ingest.lines(item[1], item[0])
-                ledger.took(str(item[0]), len(item[1]))
-            now = time.time()
-            if item is None or now - last_flush >= src.flush_interval:
-                dropped, oversized, rejected = reader.drain_counts()
-                for (s, reason), n in dropped.items():
-                    batch.inc(C.EVENTS_DROPPED, (str(s), reason), n)
-                    if reason == BACKPRESSURE:  # offered, then dropped: accounted for
-                        ledger.took(str(s), n)
-                for reason, n in rejected.items():
-                    batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (str(reader.names["stream"]), reason), n)
-                for s, n in oversized.items():
-                    ingest.reject(s, OVERSIZED, n)
-                mapper.tick(now)  # folds pending prediction counts into the batch
-                if batch or not last_flush:
-                    writer.apply(batch, now)
-                    writer.flush()
-                ledger.flushed()
-                last_flush = now
-                if now - last_status >= 1.0:
-                    write_status(state, identity, "socket", {
-                        "sources": [{"name": s, "open": True, "lines": ingest.accepted + ingest.rejected}
-                                    for s in sources],
-                        "accepted": ingest.accepted, "rejected": ingest.rejected,
-                        "peers": reader.peers()})
-                    last_status = now
-            if item is None:
-                reader.wake.wait(0.2)
-                reader.wake.clear()
-        # Flush what was already taken; what is still queued is counted as dropped.
-        while (item := reader.take()) is not None:
-            ingest.lines(item[1], item[0])
-            ledger.took(str(item[0]), len(item[1]))
-        dropped, oversized, rejected = reader.drain_counts()
-        for (s, reason), n in dropped.items():
-            batch.inc(C.EVENTS_DROPPED, (str(s), reason), n)
-            if reason == BACKPRESSURE:
-                ledger.took(str(s), n)
-        for reason, n in rejected.items():
-            batch.inc(C.SOCKET_CONNECTIONS_REJECTED, (str(reader.names["stream"]), reason), n)
-        for s, n in oversized.items():
-            ingest.reject(s, OVERSIZED, n)
-        mapper.tick(time.time())
-        writer.apply(batch)
-        writer.flush()
-        ledger.flushed()
-    finally:
-        reader.stopping = True
-        for listener, path in ((stream, src.socket), (dgram, src.socket_datagram)):
-            if listener is not None:
-                listener.close()
-                try:
-                    if stat.S_ISSOCK(os.lstat(path).st_mode):
-                        os.unlink(path)
-                except OSError:
-                    pass
-        writer.close()
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
