@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import catalogue as C
 from ..config import Config
+from ..events import OVERSIZED
 from ..exemplars import ExemplarStore
 from ..sources.socket import (
     BACKPRESSURE,
@@ -36,7 +37,6 @@ from .ingest import (
     BURST_BYTES,
     CAUGHT_UP_FLUSH,
     IDLE_TICK,
-    OVERSIZED,
     STATUS_EVERY,
     Chunk,
     Counts,
