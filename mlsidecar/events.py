@@ -81,18 +81,6 @@ def not_an_object(value: object) -> Rejected:
     return Rejected(NOT_OBJECT, f"got {type(value).__name__}")
 
 
-def parse_line(line: bytes) -> Event:
-    """Decode one line into an event object, or raise :class:`Rejected`."""
-    try:
-        ev = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise undecodable(exc) from None
-    if type(ev) is not dict:
-        raise not_an_object(ev)
-    event: Event = ev
-    return event
-
-
 def label(ev: Event, name: str, default: str | None = None, limit: int = DEFAULT_LABEL_LENGTH) -> str:
     """A label value from a field: strings as they are, integers as text, cut to ``limit`` characters."""
     v = ev.get(name)
