@@ -21,8 +21,9 @@ What it guarantees (docs/operations.md has the long form):
 * a line is handed on only once its newline has arrived; a line longer than ``max_line_bytes``
   is skipped to its newline without being held in memory.
 
-Change notification comes from watchdog (inotify) where it works; a rescan every
-``poll_interval`` keeps all of the above true where it does not.
+Change notification comes from inotify where it works (watchdog's bindings, its descriptor
+waited on in the worker's own loop); a rescan every ``poll_interval`` keeps all of the above
+true where it does not.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import gzip
 import logging
 import lzma
 import os
+import select
 import shutil
 import stat
 import tempfile
@@ -42,12 +44,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..logs import RateLimitedLog
-
-if TYPE_CHECKING:
-    from watchdog.observers.api import BaseObserver
 
 
 def open_files_limit(wanted: int) -> int:
@@ -62,6 +61,100 @@ def open_files_limit(wanted: int) -> int:
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return max(1, wanted)
     return max(1, min(wanted, soft // 2))
+
+
+class WakeEvent(threading.Event):
+    """An event that also wakes a select(): set() writes a byte to a pipe (a signal handler
+    sets it to stop the worker while it waits on the inotify descriptor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        super().set()
+        try:
+            os.write(self.write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass  # full (already woken) or closed
+
+    def clear(self) -> None:
+        super().clear()
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+
+class InotifyReader:
+    """One inotify descriptor, watched directories on it, read without blocking.
+
+    Uses the inotify bindings watchdog ships (watchdog.observers.inotify_c) without its
+    observer: the worker waits on the descriptor itself.
+    """
+
+    def __init__(self) -> None:
+        from watchdog.observers import inotify_c
+
+        self._c = inotify_c
+        k = inotify_c.InotifyConstants
+        self.mask = (k.IN_MODIFY | k.IN_CREATE | k.IN_DELETE | k.IN_MOVED_FROM | k.IN_MOVED_TO
+                     | k.IN_DELETE_SELF | k.IN_MOVE_SELF)
+        self.names = k.IN_CREATE | k.IN_DELETE | k.IN_MOVED_FROM | k.IN_MOVED_TO | k.IN_DELETE_SELF \
+            | k.IN_MOVE_SELF | k.IN_Q_OVERFLOW | k.IN_IGNORED
+        self.modify, self.isdir = k.IN_MODIFY, k.IN_ISDIR
+        fd = inotify_c.inotify_init()
+        if fd < 0:
+            err = ctypes_errno()
+            raise OSError(err, os.strerror(err))
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self.fd = fd
+        self.dirs: dict[int, str] = {}
+
+    def watch(self, directory: str) -> None:
+        wd = self._c.inotify_add_watch(self.fd, os.fsencode(directory), self.mask)
+        if wd < 0:
+            err = ctypes_errno()
+            raise OSError(err, os.strerror(err), directory)
+        self.dirs[wd] = directory
+
+    def wait(self, timeout: float, wake: WakeEvent) -> None:
+        try:
+            select.select([self.fd, wake.read_fd], [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            time.sleep(min(timeout, 0.1))
+
+    def read(self) -> tuple[bool, set[str]]:
+        """(whether names changed, the files written) since the last read."""
+        rescan, written = False, set[str]()
+        while True:
+            try:
+                buf = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                return True, written
+            if not buf:
+                break
+            for wd, mask, _cookie, name in self._c.InotifyFD._parse_event_buffer(buf):
+                if mask & self.names:
+                    rescan = True
+                elif mask & self.modify and not mask & self.isdir and wd in self.dirs:
+                    written.add(os.path.join(self.dirs[wd], os.fsdecode(name)))
+        return rescan, written
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno() or errno.EIO
 
 
 class SiblingMoved(Exception):
@@ -290,10 +383,10 @@ class Tailer:
         self.retired: list[TailedFile] = []  # rotated away, being drained
         self.on_oversized = on_oversized or (lambda path: None)
         self.on_gap = on_gap or (lambda path, reason: None)
-        self.wake = threading.Event()
+        self.wake = WakeEvent()
         self.rescan = True
         self.watch_mode = "poll"
-        self._observer: BaseObserver | None = None
+        self._inotify: InotifyReader | None = None
         self._saved: list[Identity] = []
         # inotify: the files written since the last read (absolute paths), and the directories
         # watched; files elsewhere are read at every wake-up, as when polling.
@@ -323,57 +416,52 @@ class Tailer:
     # --- notification -------------------------------------------------------
     def _start_watching(self, required: bool) -> None:
         try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers.inotify import InotifyObserver
-        except ImportError as exc:  # not Linux, or watchdog without inotify
+            inotify = InotifyReader()
+        except (ImportError, OSError, AttributeError) as exc:  # not Linux, no inotify, no libc
             if required:
                 raise
             log.warning("inotify unavailable (%s); polling files", exc)
             return
-        tailer = self
-
-        class _Wake(FileSystemEventHandler):
-            def on_any_event(self, event):  # noqa: D401 - watchdog callback
-                if event.event_type in ("created", "moved", "deleted"):
-                    tailer.rescan = True  # a rotation or a new file: look at the names again
-                elif not event.is_directory:
-                    tailer.dirty.add(os.fsdecode(event.src_path))  # read it (see due())
-                tailer.wake.set()
-
-        observer = InotifyObserver()
         dirs = {os.path.dirname(os.path.abspath(p)) or "." for p in self.patterns}
-        watched = 0
         for d in sorted(dirs):
             if glob.has_magic(d) or not os.path.isdir(d):
                 continue  # the rescan finds files there
             try:
-                observer.schedule(_Wake(), d, recursive=False)
-                watched += 1
+                inotify.watch(d)
                 self._watched_dirs.add(d)
             except OSError as exc:
                 if required:
+                    inotify.close()
                     raise
                 log.warning("cannot watch %s (%s); polling it", d, exc)
-        try:
-            observer.start()
-        except OSError as exc:
-            if required:
-                raise
-            log.warning("inotify failed to start (%s); polling files", exc)
+        if not self._watched_dirs:
+            inotify.close()
             return
-        self._observer = observer
-        self.watch_mode = "inotify" if watched else "poll"
+        self._inotify = inotify
+        self.watch_mode = "inotify"
 
     def wait(self, timeout: float) -> None:
-        """Sleep until a watched directory changes, or ``timeout`` passes."""
-        self.wake.wait(timeout)
+        """Sleep until a watched directory changes, ``wake`` is set, or ``timeout`` passes.
+
+        The inotify descriptor is read here, in the worker's own loop: no observer threads,
+        no queues between them. A write names its file in ``dirty`` (see due()); a file
+        created, moved or deleted (or events lost to a full queue) asks for a rescan.
+        """
+        if self._inotify is None:
+            self.wake.wait(timeout)
+            self.wake.clear()
+            return
+        if not self.wake.is_set():
+            self._inotify.wait(timeout, self.wake)
         self.wake.clear()
+        rescan, written = self._inotify.read()
+        self.rescan = self.rescan or rescan
+        self.dirty.update(written)
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=2)
-            self._observer = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         for tf in list(self.files.values()) + self.retired:
             tf.close()
         self.files.clear()
