@@ -75,6 +75,8 @@ SKIP_REASONS = (SKIP_BAD_KEY, SKIP_INVALID_NAME, SKIP_CLASH)
 SERVER_OWNED = "(rendered by the server)"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_STRINGS = frozenset({str})
+_SHAPES_KEPT = 10000
 
 
 def _sample_names(base: str, typ: str) -> tuple[str, ...]:
@@ -260,6 +262,7 @@ class MetricsReader:
         self.families: dict[str, _Family] = {}
         self._slot_ids: dict[tuple[str, str, LabelItems, float | None], int] = {}
         self._slot_family: list[_Family] = []
+        self._shapes: dict[tuple[Any, ...], bool] = {}  # (type, name, sample, no le, *label names) -> valid
         self.skipped_files = 0
         self.skipped_keys: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
         self.exemplars: ExemplarReader | None = None  # bucket exemplars in OpenMetrics
@@ -288,13 +291,27 @@ class MetricsReader:
         if view.mode in ("all", "liveall"):
             labels = {**labels, "pid": view.identity}
         le = labels.pop("le", None) if view.type == "histogram" else None
-        if not self._valid(view.type, metric_name, sample_name, labels, le):
-            self._skip(SKIP_INVALID_NAME)
-            return None
-        label_items = tuple(sorted((k, str(v)) for k, v in labels.items()))
+        # The names are checked once per shape (type, names, label names): 100,000 keys have a few.
+        shape = (view.type, metric_name, sample_name, le is None, *labels)
+        valid = self._shapes.get(shape)
+        if valid is None:
+            if len(self._shapes) >= _SHAPES_KEPT:  # foreign keys of ever new names: bounded
+                self._shapes.clear()
+            valid = self._shapes[shape] = self._valid(view.type, metric_name, sample_name, labels,
+                                                      None if le is None else "0")
         # A bucket is its bound, however a writer spelled it ("1e+07", "10000000.0"), as in
         # prometheus_client's MultiProcessCollector: both spellings add up in one bucket.
-        bound = None if le is None else float(le)
+        try:
+            bound = None if le is None else float(le)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            self._skip(SKIP_INVALID_NAME)
+            return None
+        items: Iterable[tuple[str, Any]] = labels.items()
+        if not _STRINGS.issuperset(map(type, labels.values())):  # another client's numbers
+            items = [(k, str(v)) for k, v in items]
+        label_items = tuple(sorted(items))
         ident = (metric_name, sample_name, label_items, bound)
         slot = self._slot_ids.get(ident)
         if slot is not None:
@@ -374,6 +391,22 @@ class MetricsReader:
         return [self.files[p] for p in sorted(seen)]
 
     # --- collection -----------------------------------------------------------
+    def warm(self) -> None:
+        """Parse every key the files hold now and plan the histogram lines, without rendering.
+
+        The server calls it as it starts, while the workers restore their files, so the first
+        scrape after a restart only reads values: parsing 100,000 keys takes about a second.
+        Keys are parsed once either way (a key skipped is counted once, here or at a scrape);
+        a file that cannot be served now is counted by the scrapes that skip it, not here.
+        """
+        skipped_files = self.skipped_files
+        for view in self._scan():
+            view.refresh()
+        self.skipped_files = skipped_files
+        for fam in self.families.values():
+            if fam.type == "histogram" and fam.histogram_plan is None:
+                fam.histogram_plan = self._histogram_plan(fam)
+
     def collect(self) -> tuple[list[float], list[float]]:
         """Sum (or pick the latest of) every slot's value over all files."""
         views = self._scan()
@@ -471,6 +504,7 @@ class MetricsReader:
     @staticmethod
     def _histogram_plan(fam: _Family) -> HistogramPlan:
         plan: HistogramPlan = []
+        le_texts: dict[float, str] = {}  # as prometheus_client writes a bound: 1e7 is "1e+07"
         for label_items, by_le in fam.buckets.items():
             sum_slot = fam.sums.get(label_items)
             if sum_slot is None:
@@ -479,7 +513,9 @@ class MetricsReader:
             sep = "," if base else ""
             buckets = []
             for le in sorted(by_le):
-                le_text = floatToGoString(le)  # as prometheus_client writes it: 1e7 is "1e+07"
+                le_text = le_texts.get(le)
+                if le_text is None:
+                    le_text = le_texts[le] = floatToGoString(le)
                 buckets.append((by_le[le], f'{fam.name}_bucket{{{base}{sep}le="{le_text}"}} '))
             suffix = "{" + base + "}" if base else ""
             plan.append((sum_slot, buckets, f"{fam.name}_count{suffix} ", f"{fam.name}_sum{suffix} "))

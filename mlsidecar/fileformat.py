@@ -57,6 +57,8 @@ CORRUPT = ".corrupt"
 _INT = struct.Struct("i")
 _TWO_DOUBLES = struct.Struct("dd")
 _MAX_FUTURE = 86400.0  # a timestamp further ahead than this is not one we wrote
+_INF = math.inf
+_STRINGS = frozenset({str})
 
 Entry = tuple[str, float, float]  # key, value, timestamp
 Key = tuple[str, str, dict[str, Any], str]  # metric name, sample name, labels, help
@@ -147,6 +149,23 @@ def encode_key(fam: Family, sample_name: str, labels: dict[str, str]) -> str:
     return _KEY_ENCODER.encode([metric_name(fam), sample_name, labels, fam.help])
 
 
+def encode_bucket_keys(fam: Family, labels: dict[str, str]) -> list[str]:
+    """The keys of one histogram series' buckets, in :func:`bucket_bounds` order: the key is
+    encoded once and each bound put in its ``le`` (a restart makes them for every stored series)."""
+    bounds = bucket_bounds(fam)
+    sample = fam.name + "_bucket"
+    template = encode_key(fam, sample, {**labels, "le": _LE_MARK})
+    head, found, tail = template.partition(_LE_TEXT)
+    if not found or _LE_MARK in head or _LE_MARK in tail:  # a label value holds the mark itself
+        return [encode_key(fam, sample, {**labels, "le": le}) for le in bounds]
+    # A bound's text (digits, ".", "e", "+", "-", "Inf") needs no JSON escaping.
+    return [f'{head}"le": "{le}"{tail}' for le in bounds]
+
+
+_LE_MARK = "mlsidecar-le-bound"
+_LE_TEXT = f'"le": "{_LE_MARK}"'
+
+
 def encode_raw_key(name: str, sample_name: str, labels: dict[str, str], help_text: str) -> str:
     """A key from its parts (``name`` as stored: counters without ``_total``)."""
     return _KEY_ENCODER.encode([name, sample_name, labels, help_text])
@@ -175,15 +194,13 @@ def parse_key(raw: str | bytes, strict: bool = False) -> Key:
     # Checked inline: the server parses every key of a foreign directory once, at its first scrape.
     if type(key) is list and len(key) == 4:
         name, sample, labels, help_text = key
-        if type(name) is str and type(sample) is str and type(labels) is dict and type(help_text) is str:
-            allowed = _OURS if strict else _ANY_WRITER
-            if all(type(v) in allowed for v in labels.values()):
-                return name, sample, labels, help_text
+        if (type(name) is str and type(sample) is str and type(labels) is dict and type(help_text) is str
+                and (_STRINGS if strict else _ANY_WRITER).issuperset(map(type, labels.values()))):
+            return name, sample, labels, help_text
     raise BadKey("not a [name, sample, {labels}, help] list of strings")
 
 
-_OURS = (str,)
-_ANY_WRITER = (str, int, float)
+_ANY_WRITER = frozenset({str, int, float})
 
 
 # --- entries --------------------------------------------------------------------
@@ -239,12 +256,16 @@ def read_file(path: str) -> Iterator[Entry]:
         yield key, v, ts
 
 
-def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[Entry], list[str]]:
+def scan_entries(data: bytes, file_type: str, now: float,
+                 parsed: list[list[Any]] | None = None) -> tuple[list[Entry], list[str]]:
     """The entries of a metric file that can be trusted, and what is wrong with the others.
 
     A key must be the JSON prometheus_client writes; a value must be finite, and for counters
     and histograms not negative; a timestamp is -1 (removed), or between 0 and now + 1 day.
     A bit flipped in a value is found when it breaks one of these, not always.
+
+    ``parsed``, when given, gets the parts ``[name, sample, {labels}, help]`` of each good
+    entry's key, in the same order: a restart reads every key once, not once per use.
     """
     problems: list[str] = []
     good: list[Entry] = []
@@ -255,41 +276,48 @@ def scan_entries(data: bytes, file_type: str, now: float) -> tuple[list[Entry], 
         return good, ["header zeroed (all values lost)"]
     if used < HEADER or used > len(data):
         return good, [f"header says {used} bytes used, file has {len(data)}"]
+    # Locals: a restart checks every entry of every file.
+    loads, unpack_int, unpack_doubles = orjson.loads, _INT.unpack_from, _TWO_DOUBLES.unpack_from
+    counted = file_type != GAUGE
+    latest = now + _MAX_FUTURE
+    keep = good.append
+    keep_parts = parsed.append if parsed is not None else None
     pos = HEADER
     while pos < used:
         if pos + 4 > used:
             problems.append(f"entry header at {pos} runs past {used}")
             break
-        (length,) = _INT.unpack_from(data, pos)
+        (length,) = unpack_int(data, pos)
         padded = length + (8 - (length + 4) % 8)
         end = pos + 4 + padded + 16
         if length <= 0 or end > used:
             problems.append(f"entry at {pos} of length {length} runs past {used}")
             break
         raw = data[pos + 4:pos + 4 + length]
-        value, ts = _TWO_DOUBLES.unpack_from(data, pos + 4 + padded)
+        value, ts = unpack_doubles(data, pos + 4 + padded)
         pos = end
         try:
             key = raw.decode("utf-8")
-            parsed = orjson.loads(key)
-            if not (isinstance(parsed, list) and len(parsed) == 4 and isinstance(parsed[0], str)
-                    and isinstance(parsed[1], str) and isinstance(parsed[2], dict)
-                    and all(isinstance(k, str) and isinstance(v, str) for k, v in parsed[2].items())
-                    and isinstance(parsed[3], str)):
+            parts = loads(key)
+            # Checked inline; JSON object keys are always strings, label values must be too.
+            if not (type(parts) is list and len(parts) == 4 and type(parts[0]) is str
+                    and type(parts[1]) is str and type(parts[2]) is dict and type(parts[3]) is str
+                    and _STRINGS.issuperset(map(type, parts[2].values()))):
                 raise ValueError("not a series key")
         except ValueError as exc:  # UnicodeDecodeError and orjson's JSONDecodeError too
             problems.append(f"bad key {raw[:60]!r} ({type(exc).__name__})")
             continue
-        name = parsed[0]
         # A gauge may be NaN or infinite (a comparison not computable yet, a NaN loss); a counter
-        # or histogram value may not, nor be negative.
-        if file_type != GAUGE and (not math.isfinite(value) or value < 0):
-            problems.append(f"impossible value {value!r} for {name}")
+        # or histogram value may not, nor be negative (NaN fails every comparison).
+        if counted and not 0.0 <= value < _INF:
+            problems.append(f"impossible value {value!r} for {parts[0]}")
             continue
-        if not (ts == -1.0 or 0.0 <= ts <= now + _MAX_FUTURE):
-            problems.append(f"impossible timestamp {ts!r} for {name}")
+        if not (ts == -1.0 or 0.0 <= ts <= latest):
+            problems.append(f"impossible timestamp {ts!r} for {parts[0]}")
             continue
-        good.append((key, value, ts))
+        keep((key, value, ts))
+        if keep_parts is not None:
+            keep_parts(parts)
     return good, problems
 
 

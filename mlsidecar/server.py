@@ -81,6 +81,18 @@ class Server:
         self.last_scrape_seconds = time.perf_counter() - t0
         return _Rendered(body)
 
+    def warm(self) -> None:
+        """Parse the metric files before the first scrape (in the collect thread, so a scrape
+        that comes meanwhile waits for it and then only reads values; /healthz never waits)."""
+        t0 = time.perf_counter()
+        try:
+            self.reader.warm()
+        except Exception:  # noqa: BLE001 - the first scrape parses what is left, as without it
+            log.exception("reading the metric files ahead of the first scrape failed")
+            return
+        log.info("metric files read ahead of the first scrape: %d families in %.2f s",
+                 len(self.reader.families), time.perf_counter() - t0)
+
     def own_families(self) -> list:
         """The server's own counters, rendered with every scrape."""
         return [
@@ -434,6 +446,8 @@ def run_server(cfg: Config, sock: socket.socket, expected: list[str]) -> None:
         await runner.setup()
         acceptor.factory = runner.server
         accepting = asyncio.ensure_future(acceptor.run())
+        # While the workers restore their files after a restart: the first scrape is not the cold one.
+        loop.run_in_executor(server.executor, server.warm)
         log.info("serving %s on %s", cfg.server.telemetry_path, cfg.server.listen)
         await stop.wait()
         accepting.cancel()

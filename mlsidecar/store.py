@@ -22,6 +22,7 @@ to :mod:`mlsidecar.fileformat`; this module decides what is written when.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import math
 import os
@@ -37,15 +38,16 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from .catalogue import COUNTER, GAUGE, HISTOGRAM, Catalogue, Family, UserFamilies, builtin
 from .fileformat import (
-    CorruptFile,
+    BadKey,
+    Entry,
     belongs_to,
     bucket_bounds,
-    decode_key,
+    encode_bucket_keys,
     encode_key,
     entry_size,
     file_name,
     file_type_of,
-    read_file,
+    parse_key,
     rewrite_file,
     scan_entries,
 )
@@ -69,6 +71,36 @@ FAULT_POSITIONS = "positions_lost"  # values found without the positions they be
 FAULT_FILE = "metric_file_corrupt"  # metric file that cannot be read, moved aside
 FAULT_ENTRY = "metric_entry_corrupt"  # entries with a bad key or an impossible value, dropped
 FAULT_WRITE = "write_failed"  # a flush the state dir refused (kept, written again later)
+
+class _Stored:
+    """What start-up read of one metric file: its entries, the parts of each entry's key
+    (None: not one this module can restore) and where each key's last entry is."""
+
+    __slots__ = ("path", "entries", "parts", "_at")
+
+    def __init__(self, path: str, entries: list[Entry], parts: list[list[Any] | None]):
+        self.path = path
+        self.entries = entries
+        self.parts = parts
+        self._at: dict[str, int] | None = None
+
+    def write(self, key: str, value: float, ts: float) -> None:
+        """What a journal write does to the file: a new value for its key, or a new entry."""
+        at = self._at
+        if at is None:
+            at = self._at = {k: i for i, (k, _v, _t) in enumerate(self.entries)}  # the last of each
+        i = at.get(key)
+        if i is not None:
+            self.entries[i] = (key, value, ts)
+            return
+        try:
+            parts: list[Any] | None = list(parse_key(key, strict=True))
+        except BadKey:
+            parts = None  # written to the file as the journal says, not restored
+        at[key] = len(self.entries)
+        self.entries.append((key, value, ts))
+        self.parts.append(parts)
+
 
 class SeriesWriter:
     """The metric files of one worker identity, and the journal that keeps them crash-safe.
@@ -117,7 +149,15 @@ class SeriesWriter:
         # Workload series in all (see series_weight); the limit applies once restored.
         self.total = 0
         self.total_limit: int | None = None
-        self._load()
+        # Restoring makes a few objects per stored sample, all kept: the cyclic garbage collector
+        # would walk them again and again (a quarter of the time with 100,000 series).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._load()
+        finally:
+            if collecting:
+                gc.enable()
         self.total_limit = total_limit
 
     # --- start-up -----------------------------------------------------------
@@ -126,58 +166,83 @@ class SeriesWriter:
         self.faults.append((kind, message))
 
     def _load(self) -> None:
-        """Check the files, re-apply the last journal to them, then read them back.
+        """Check the files, re-apply the last journal to them, then restore what they hold.
 
         Nothing found broken stops the start: a bad journal or metric file is moved aside
         (``*.corrupt``), bad entries are dropped, and each is logged and kept in ``faults``.
+        Each file is read, and each key parsed, once: what the journal writes is applied to
+        the files and to what was read of them alike.
         """
         os.makedirs(self.directory, exist_ok=True)
         now = self.clock()
+        stored: dict[str, _Stored] = {}
+        unread: list[str] = []  # could not be read at all: tried once more after the journal
         for name in sorted(os.listdir(self.directory)):
             if self._owns(name):
-                self._check_file(os.path.join(self.directory, name), now)
+                checked = self._check_file(os.path.join(self.directory, name), now)
+                if checked is None:
+                    unread.append(name)
+                else:
+                    stored[name] = checked
         journal = self._read_journal()
         if journal is not None:
             # First make the files whole: the last flush may have been cut short.
             for name, key, value, ts in journal["writes"]:
-                self._file(name).write_value(key, float(value), ts)  # float("NaN"), float("+Inf")
+                v = float(value)  # float("NaN"), float("+Inf")
+                self._file(name).write_value(key, v, ts)
+                st = stored.get(name)
+                if st is None and name not in unread:  # a file the journal created
+                    st = stored[name] = _Stored(os.path.join(self.directory, name), [], [])
+                if st is not None:
+                    st.write(key, v, ts)
             self.journal_state = journal.get("state")
-            self.close()
-        files = []
-        for name in sorted(os.listdir(self.directory)):
-            if not self._owns(name):
-                continue
+        for name in unread:
             path = os.path.join(self.directory, name)
-            try:
-                entries = list(read_file(path))
-            except (CorruptFile, OSError, ValueError) as exc:  # broken since the check
+            checked = self._check_file(path, now)
+            if checked is None:
+                self.close()
                 _move_aside(path)
-                self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc}); moved aside")
+                self._fault(FAULT_FILE, f"metric file {path} cannot be read; moved aside")
                 continue
-            files.append((name, path, entries))
-            self.restored_values = self.restored_values or any(ts >= 0 for _k, _v, ts in entries)
+            stored[name] = checked
+        files = sorted(stored.items())
+        self.restored_values = any(ts >= 0 for _name, st in files for _k, _v, ts in st.entries)
         self._register_stored(files)
-        loaded: list[tuple[str, str, float]] = []
+        loaded: list[tuple[str, str]] = []  # (file, key) of the samples restored
+        unrestored: list[tuple[str, str]] = []  # and of those whose series could not be
         now = self.clock()
         self._families_of: dict[str, Family | None] = {}  # metric name -> family, while restoring
-        for name, path, entries in files:
+        self._bucket_index: dict[tuple[float, ...], dict[str, int]] = {}  # le text -> bucket
+        restore, expired = self._restore, self._expired
+        for name, st in files:
             file_type = file_type_of(name)
             kept = []
-            for key, value, ts in entries:
-                if ts >= 0 and not self._expired(key, ts, now):
-                    self._restore(name, file_type, key, value, ts)
-                    loaded.append((name, key, ts))
-                    kept.append((key, value, ts))
-            if len(kept) < len(entries):
-                self._compact(name, path, kept)
+            for entry, parts in zip(st.entries, st.parts):
+                key, value, ts = entry
+                if ts >= 0 and parts is not None and not expired(parts[0], ts, now):
+                    if restore(file_type, parts, value, ts):
+                        loaded.append((name, key))
+                    else:
+                        unrestored.append((name, key))
+                    kept.append(entry)
+            if len(kept) < len(st.entries):
+                self._compact(name, st.path, kept)
+            elif kept:
+                self._file(name)  # mapped now: the first flush does not wait for it
         self._families_of = {}
+        self._bucket_index = {}
         # Keys written under other static labels (config changed) move to the current ones.
         current = {k for keys in self._keys.values() for k in keys}
         moved = False
-        for name, key, _ts in loaded:
+        for name, key in loaded:
             if key not in current:
                 self._file(name).write_value(key, 0.0, -1.0)
                 moved = True
+        for name, key in unrestored:
+            self._file(name).write_value(key, 0.0, -1.0)
+        if unrestored:
+            log.warning("%s: %d stored samples not restored (their family is not known, has changed "
+                        "type, or is at its series limit): removed", self.identity, len(unrestored))
         if moved:
             for sk in self.values:
                 self._stage(sk, time.time())
@@ -192,10 +257,12 @@ class SeriesWriter:
         a restart restores them whole and the next event finds them as they were."""
         found: dict[str, list] = {}
         known: dict[str, bool] = {}  # metric name -> has a family (looked up once per name)
-        for name, _path, entries in files:
+        for name, st in files:
             file_type = file_type_of(name)
-            for key, _value, _ts in entries:
-                metric_name, _sample, labels, help_text = decode_key(key)
+            for parts in st.parts:
+                if parts is None:
+                    continue
+                metric_name, _sample, labels, help_text = parts
                 has = known.get(metric_name)
                 if has is None:
                     has = known[metric_name] = self.user_families.stored(metric_name) is not None
@@ -214,8 +281,8 @@ class SeriesWriter:
                 tuple(sorted(names)), tuple(sorted(bounds)) if file_type == HISTOGRAM else (),
                 fed_by="metric"))
 
-    def _expired(self, key: str, ts: float, now: float) -> bool:
-        name = decode_key(key)[0]
+    def _expired(self, name: str, ts: float, now: float) -> bool:
+        """Was a stored sample of metric ``name`` (as in its key) written too long ago?"""
         ttl = self.expiry.get(name, self.expiry.get(name + "_total", math.inf))
         return ts < now - ttl
 
@@ -293,18 +360,21 @@ class SeriesWriter:
         self.journal_status = "ok"
         return journal
 
-    def _check_file(self, path: str, now: float) -> None:
-        """Move aside a metric file that cannot be read, or drop its impossible entries."""
+    def _check_file(self, path: str, now: float) -> _Stored | None:
+        """The entries of a metric file, checked (None: it cannot be read); a file with
+        impossible entries is kept beside and rewritten without them."""
         file_type = file_type_of(path)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc})")
-            return
-        good, problems = scan_entries(data, file_type, now)
+            return None
+        parts: list[list[Any] | None] = []
+        good, problems = scan_entries(data, file_type, now, parts)  # type: ignore[arg-type]
+        checked = _Stored(path, good, parts)
         if not problems:
-            return
+            return checked
         aside = _move_aside(path, copy=True)
         rewrite_file(path, good)
         kind = FAULT_ENTRY if good else FAULT_FILE
@@ -312,6 +382,7 @@ class SeriesWriter:
         self._fault(kind, f"metric file {path}: {'; '.join(problems[:3])}{more}; the file as found "
                     f"is kept in {aside}, {len(good)} good entries kept: the series dropped start "
                     "again from zero")
+        return checked
 
     def forget_expired(self, now: float | None = None) -> int:
         """Drop series not written for longer than their family's expiry from memory."""
@@ -329,33 +400,40 @@ class SeriesWriter:
                     gone += 1
         return gone
 
-    def _restore(self, name: str, file_type: str, key: str, value: float, ts: float) -> None:
-        metric_name, sample_name, labels, _help = decode_key(key)
+    def _restore(self, file_type: str, parts: list[Any], value: float, ts: float) -> bool:
+        """Take one stored sample back into memory; False when its series is not restored (its
+        family could not be rebuilt, is of another type, or is at its series limit)."""
+        metric_name, sample_name, labels, _help = parts
         families = self._families_of
         if metric_name in families:
             fam = families[metric_name]
         else:
             fam = families[metric_name] = self.user_families.stored(metric_name)
         if fam is None or fam.type != file_type:
-            return  # a family that could not be rebuilt (or of another type): its keys are dropped below
-        lv = tuple(str(labels.get(n, "")) for n in fam.labels)
-        sk = (fam, lv)
+            return False  # its keys are dropped below
+        sk = (fam, tuple([labels.get(n, "") for n in fam.labels]))  # values are strings (checked)
+        values = self.values
+        cur = values.get(sk)
+        if cur is None and not self._new_series(sk):
+            return False
         if fam.type == HISTOGRAM:
-            bounds = bucket_bounds(fam)
-            cur = self.values.get(sk)
             if cur is None:
-                self._new_series(sk)
-                cur = self.values[sk]
+                cur = values[sk]
             if sample_name.endswith("_sum"):
                 cur[-1] = value
-            elif labels.get("le") in bounds:
-                cur[bounds.index(labels["le"])] = value
+            else:
+                index = self._bucket_index.get(fam.buckets)
+                if index is None:
+                    index = self._bucket_index[fam.buckets] = {le: i for i, le in enumerate(bucket_bounds(fam))}
+                i = index.get(labels.get("le"))
+                if i is not None:
+                    cur[i] = value
         else:
-            if sk not in self.values:
-                self._new_series(sk)
-            self.values[sk] = value
-        self.touched[sk] = max(ts, self.touched.get(sk, 0.0))
-        self._file(name)
+            values[sk] = value
+        touched = self.touched
+        if ts > touched.get(sk, 0.0):
+            touched[sk] = ts
+        return True
 
     # --- series bookkeeping -------------------------------------------------
     def _file(self, name: str) -> MmapedDict:
@@ -403,9 +481,7 @@ class SeriesWriter:
         for k, v in self.static_labels.items():
             labels.setdefault(k, v)
         if fam.type == HISTOGRAM:
-            keys = []
-            for le in bucket_bounds(fam):
-                keys.append(encode_key(fam, fam.name + "_bucket", {**labels, "le": le}))
+            keys = encode_bucket_keys(fam, labels)
             keys.append(encode_key(fam, fam.name + "_sum", labels))
             self._keys[sk] = keys
             self.values[sk] = [0.0] * (len(fam.buckets) + 2)
