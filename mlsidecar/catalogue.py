@@ -90,6 +90,15 @@ def suffix_clash(name: str, typ: str) -> str | None:
     return None
 
 
+def taken_clash(taken: Mapping[str, Family], name: str, typ: str) -> str | None:
+    """Why family ``name`` would share an exposed name with another family in ``taken``."""
+    for n in exposed_names(name, typ):
+        other = taken.get(n)
+        if other is not None and other.name != name:
+            return f"{name} would take the name {n} of {other.type} {other.name}"
+    return None
+
+
 class Catalogue(Mapping[str, Family]):
     """The metric families of a process, by name: built once, never changed.
 
@@ -144,14 +153,7 @@ class Catalogue(Mapping[str, Family]):
     def name_clash(self, name: str, typ: str) -> str | None:
         """Why a new family ``name`` of type ``typ`` cannot be exposed beside these families
         (a shared family or sample name, in either format), or None when it can."""
-        reason = suffix_clash(name, typ)
-        if reason is not None:
-            return reason
-        for n in exposed_names(name, typ):
-            other = self._taken.get(n)
-            if other is not None and other.name != name:
-                return f"{name} would take the name {n} of {other.type} {other.name}"
-        return None
+        return suffix_clash(name, typ) or taken_clash(self._taken, name, typ)
 
     def expiry(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         """Seconds without an update after which a family's series are hidden (inf: never).
@@ -201,14 +203,7 @@ class UserFamilies:
 
     def name_clash(self, name: str, typ: str) -> str | None:
         """Why a new user family cannot be exposed beside the built-in and user families."""
-        reason = self.catalogue.name_clash(name, typ)
-        if reason is not None:
-            return reason
-        for n in exposed_names(name, typ):
-            other = self._taken.get(n)
-            if other is not None and other.name != name:
-                return f"{name} would take the name {n} of {other.type} {other.name}"
-        return None
+        return self.catalogue.name_clash(name, typ) or taken_clash(self._taken, name, typ)
 
     def add(self, family: Family) -> Family:
         """Keep a family; the same definition twice is harmless, another one is refused."""
