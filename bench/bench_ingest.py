@@ -245,11 +245,12 @@ def main() -> int:
         print(table(["contender", "time", "events/s", "final count", "exact", "time / mlsidecar"], rows))
         if base and base != math.inf:
             res = dict(results)
-            for name, target in (("mtail (tail, until /metrics shows N)", 3.0),
-                                 ("naive prometheus_client multiprocess (+1 scrape)", 4.0)):
+            # Issue 18's bar (issue 9 asked for 3x and 4x).
+            for name, target in (("mtail (tail, until /metrics shows N)", 3.5),
+                                 ("naive prometheus_client multiprocess (+1 scrape)", 4.5)):
                 if name in res and res[name]["secs"] != math.inf:
                     ratio = res[name]["secs"] / base
-                    print(f"target: mlsidecar >= {target:.0f}x faster than {name}: {ratio:.2f}x "
+                    print(f"target: mlsidecar >= {target:.1f}x faster than {name}: {ratio:.2f}x "
                           f"{'MET' if ratio >= target else 'MISSED'}")
             if "mtail --one_shot" in res and res["mtail --one_shot"]["secs"] != math.inf:
                 print(f"(vs mtail --one_shot: {res['mtail --one_shot']['secs'] / base:.2f}x)")

@@ -85,15 +85,19 @@ class _Stored:
         self.parts = parts
         self._at: dict[str, int] | None = None
 
-    def write(self, key: str, value: float, ts: float) -> None:
-        """What a journal write does to the file: a new value for its key, or a new entry."""
+    def write(self, key: str, value: float, ts: float) -> bool:
+        """What a journal write does to the file: a new value for its key, or a new entry;
+        False when the file holds that value already."""
         at = self._at
         if at is None:
             at = self._at = {k: i for i, (k, _v, _t) in enumerate(self.entries)}  # the last of each
         i = at.get(key)
         if i is not None:
-            self.entries[i] = (key, value, ts)
-            return
+            entry = (key, value, ts)
+            if self.entries[i] == entry:
+                return False
+            self.entries[i] = entry
+            return True
         try:
             parts: list[Any] | None = list(parse_key(key, strict=True))
         except BadKey:
@@ -101,6 +105,7 @@ class _Stored:
         at[key] = len(self.entries)
         self.entries.append((key, value, ts))
         self.parts.append(parts)
+        return True
 
 
 class SeriesWriter:
@@ -190,12 +195,12 @@ class SeriesWriter:
             # First make the files whole: the last flush may have been cut short.
             for name, key, value, ts in journal["writes"]:
                 v = float(value)  # float("NaN"), float("+Inf")
-                self._file(name).write_value(key, v, ts)
                 st = stored.get(name)
                 if st is None and name not in unread:  # a file the journal created
                     st = stored[name] = _Stored(os.path.join(self.directory, name), [], [])
-                if st is not None:
-                    st.write(key, v, ts)
+                # Mostly the files hold them already (the flush was not cut short): not rewritten.
+                if st is None or st.write(key, v, ts):
+                    self._file(name).write_value(key, v, ts)
             self.journal_state = journal.get("state")
         for name in unread:
             path = os.path.join(self.directory, name)
