@@ -38,9 +38,9 @@ def test_values_on_every_bound_and_between_and_beyond():
     assert got[-1] == math.fsum(values)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_random_chunks_count_what_one_by_one_counts(seed):
-    rnd = random.Random(seed)
+@pytest.mark.parametrize("draw", range(5))
+def test_random_chunks_count_what_one_by_one_counts(draw):
+    rnd = random.Random(draw)
     values = [rnd.choice([rnd.random() * 2, rnd.expovariate(5.0), rnd.choice(FAM.buckets)]) for _ in range(3000)]
     expected = one_by_one(values)
     got = at_once(values, chunks=7)
