@@ -204,7 +204,7 @@ class SeriesWriter:
             self.journal_state = journal.get("state")
         for name in unread:
             path = os.path.join(self.directory, name)
-            checked = self._check_file(path, now)
+            checked = self._check_file(path, now, again=True)
             if checked is None:
                 self.close()
                 _move_aside(path)
@@ -366,15 +366,16 @@ class SeriesWriter:
         self.journal_status = "ok"
         return journal
 
-    def _check_file(self, path: str, now: float) -> _Stored | None:
-        """The entries of a metric file, checked (None: it cannot be read); a file with
-        impossible entries is kept beside and rewritten without them."""
+    def _check_file(self, path: str, now: float, again: bool = False) -> _Stored | None:
+        """The entries of a metric file, checked (None: it cannot be read, reported unless
+        tried ``again``); a file with impossible entries is kept beside and rewritten without them."""
         file_type = file_type_of(path)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc})")
+            if not again:
+                self._fault(FAULT_FILE, f"metric file {path} cannot be read ({exc})")
             return None
         parts: list[list[Any] | None] = []
         good, problems = scan_entries(data, file_type, now, parts)  # type: ignore[arg-type]

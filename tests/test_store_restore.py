@@ -126,3 +126,21 @@ def test_warm_reader_renders_what_a_cold_one_does(tmp_path):
     assert warm.render(openmetrics=True) == cold.render(openmetrics=True)
     assert total(parse(warm.render()), "ml_predictions_total") == 6
     assert os.path.exists(d / "counter_broken.db")
+
+
+def test_a_metric_file_that_cannot_be_read_is_moved_aside_and_reported_once_each(tmp_path):
+    w = writer(tmp_path)
+    w.inc(C.PREDICTIONS, ("m", "v", "success"), 2)
+    w.flush()
+    w.close()
+    (tmp_path / "m" / "histogram_w.db").mkdir()  # not a file: reading it fails
+    w2 = writer(tmp_path)
+    assert [k for k, _m in w2.faults] == ["metric_file_corrupt", "metric_file_corrupt"]
+    assert os.path.isdir(tmp_path / "m" / "histogram_w.db.corrupt")
+    assert w2.values[(C.PREDICTIONS, ("m", "v", "success"))] == 2  # the other files are restored
+    b = Batch()
+    b.observe(C.PREDICTION_LATENCY, ("m", "v"), 0.1)
+    w2.apply(b)
+    w2.flush()  # a new histogram file in its place
+    w2.close()
+    assert os.path.isfile(tmp_path / "m" / "histogram_w.db")
