@@ -42,7 +42,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,24 +158,58 @@ def ctypes_errno() -> int:
     return ctypes.get_errno() or errno.EIO
 
 
+class FileSystem:
+    """The filesystem calls the tailer makes, in one place: the real ones here. A test gives an
+    in-memory subclass (tests/test_tail_seam.py) to drive rotation, truncation and races between
+    a look and an open in milliseconds; the inotify wake-ups and decompression stay real."""
+
+    open = staticmethod(os.open)
+    fstat = staticmethod(os.fstat)
+    stat = staticmethod(os.stat)
+    pread = staticmethod(os.pread)
+    close = staticmethod(os.close)
+    set_blocking = staticmethod(os.set_blocking)
+
+    @staticmethod
+    def scandir(path: str) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
+        return os.scandir(path)
+
+    lexists = staticmethod(os.path.lexists)
+    isfile = staticmethod(os.path.isfile)
+    isdir = staticmethod(os.path.isdir)
+    islink = staticmethod(os.path.islink)
+    glob = staticmethod(glob.glob)
+
+
+class Clock:
+    """Wall time (compared with file mtimes) and monotonic time (idle spans): the real ones."""
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)  # last: from here on ``time`` in this class is this one
+
+
+REAL_FILES = FileSystem()
+REAL_CLOCK = Clock()
+
+
 class SiblingMoved(Exception):
     """A rotated sibling's name holds another file than when the directory was listed."""
 
 
-def open_regular(name: str) -> int:
+def open_regular(name: str, fs: FileSystem = REAL_FILES) -> int:
     """A read descriptor on ``name``, which must be a regular file and not a symlink.
 
     Opened non-blocking and checked on the descriptor itself: a FIFO swapped in between a
     look and the open would otherwise block the worker for ever in open(), and a check of
     the name before the open (isfile) races with the swap.
     """
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = fs.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(fs.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", name)
-        os.set_blocking(fd, True)
+        fs.set_blocking(fd, True)
     except BaseException:
-        os.close(fd)
+        fs.close(fd)
         raise
     return fd
 
@@ -237,31 +272,31 @@ class Identity:
                    int(pos.get("size", pos["offset"])), bool(pos.get("skipping", False)),
                    bool(pos.get("draining", False)), float(pos.get("mtime", 0.0)))
 
-    def same_file(self, fd: int) -> bool:
+    def same_file(self, fd: int, fs: FileSystem = REAL_FILES) -> bool:
         """Does ``fd`` (this inode, or a copy) hold what we read, up to ``offset``?"""
-        size = os.fstat(fd).st_size
+        size = fs.fstat(fd).st_size
         if size < self.offset:
             return False
-        if os.pread(fd, len(self.head), 0) != self.head:
+        if fs.pread(fd, len(self.head), 0) != self.head:
             return False
-        return os.pread(fd, len(self.tail), self.offset - len(self.tail)) == self.tail
+        return fs.pread(fd, len(self.tail), self.offset - len(self.tail)) == self.tail
 
-    def copy_kind(self, fd: int) -> str | None:
+    def copy_kind(self, fd: int, fs: FileSystem = REAL_FILES) -> str | None:
         """Is ``fd`` a copy of this file? "behind": it goes on past ``offset`` (read the rest
         from it); "covered": it holds no more than was read; None: another file."""
-        size = os.fstat(fd).st_size
+        size = fs.fstat(fd).st_size
         n = min(len(self.head), size)
-        if n == 0 or os.pread(fd, n, 0) != self.head[:n]:
+        if n == 0 or fs.pread(fd, n, 0) != self.head[:n]:
             return None
         if size >= self.offset:
             if not self.tail and self.offset > len(self.head):
                 return None  # nothing to check the position by
-            if os.pread(fd, len(self.tail), self.offset - len(self.tail)) != self.tail:
+            if fs.pread(fd, len(self.tail), self.offset - len(self.tail)) != self.tail:
                 return None
             return "behind" if size > self.offset else "covered"
         # Shorter than what was read: a copy taken before we read on (copytruncate).
         start = self.offset - len(self.tail)
-        if size > start and os.pread(fd, size - start, start) != self.tail[:size - start]:
+        if size > start and fs.pread(fd, size - start, start) != self.tail[:size - start]:
             return None
         return "covered"
 
@@ -282,7 +317,10 @@ class TailedFile:
     decompressed copy of it when only a compressed copy was left.
     """
 
-    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int = 0, name: str = ""):
+    def __init__(self, path: str, fd: int, st: os.stat_result, offset: int = 0, name: str = "",
+                 fs: FileSystem = REAL_FILES, clock: Clock = REAL_CLOCK):
+        self.fs = fs
+        self.clock = clock
         self.path = path
         self.name = name or path  # the file actually read (a rotated sibling, a copy)
         self.fd = fd
@@ -301,16 +339,16 @@ class TailedFile:
         self.mtime = st.st_mtime  # when last seen unchanged
         self.lines = 0
         self.rejected = 0
-        self.last_data = time.monotonic()
+        self.last_data = self.clock.monotonic()
         self._checked: tuple[int, int] = (-1, 0)  # (size, mtime_ns) at the last unchanged() check
         self.more = False  # the last read filled its chunk
         self.load_identity()
 
     def load_identity(self) -> None:
         """Head and tail as they are in the file now (after it was verified, or at 0)."""
-        self.head = os.pread(self.fd, min(HEAD_BYTES, max(self.offset, self.read_to)), 0)
+        self.head = self.fs.pread(self.fd, min(HEAD_BYTES, max(self.offset, self.read_to)), 0)
         n = min(TAIL_BYTES, self.offset)
-        self.tail = os.pread(self.fd, n, self.offset - n)
+        self.tail = self.fs.pread(self.fd, n, self.offset - n)
 
     def identity(self) -> Identity:
         return Identity(self.path, self.dev, self.ino, self.offset, self.head, self.tail,
@@ -325,15 +363,15 @@ class TailedFile:
         """Are the bytes already read still there? False after a truncate or a rewrite."""
         if self.decompressed:
             return True
-        st = os.fstat(self.fd)
+        st = self.fs.fstat(self.fd)
         if (st.st_size, st.st_mtime_ns) == self._checked:
             return True  # not written since it was checked: thousands of idle files cost a fstat
         if st.st_size < self.read_to:
             return False
-        if self.head and os.pread(self.fd, len(self.head), 0) != self.head:
+        if self.head and self.fs.pread(self.fd, len(self.head), 0) != self.head:
             return False
         n = len(self.tail)
-        if n and os.pread(self.fd, n, self.offset - n) != self.tail:
+        if n and self.fs.pread(self.fd, n, self.offset - n) != self.tail:
             return False
         self.mtime = st.st_mtime
         self._checked = (st.st_size, st.st_mtime_ns)
@@ -343,12 +381,12 @@ class TailedFile:
         """Does this open file start with the bytes ``fd`` starts with (up to HEAD_BYTES)?
         Asked of the file itself, not of what was read from it: a copy of a file that was
         barely read yet is still recognised."""
-        n = min(HEAD_BYTES, os.fstat(fd).st_size, os.fstat(self.fd).st_size)
-        return n > 0 and os.pread(fd, n, 0) == os.pread(self.fd, n, 0)
+        n = min(HEAD_BYTES, self.fs.fstat(fd).st_size, self.fs.fstat(self.fd).st_size)
+        return n > 0 and self.fs.pread(fd, n, 0) == self.fs.pread(self.fd, n, 0)
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.fs.close(self.fd)
             self.fd = -1
 
 
@@ -363,7 +401,10 @@ class Tailer:
     def __init__(self, patterns: list[str], *, max_line_bytes: int = 256 * 1024,
                  positions: dict | None = None, saved_at: float = 0.0, watch: str = "auto",
                  on_oversized=None, on_gap=None, start_at_end: bool = False,
-                 follow_symlinked_dirs: bool = False, max_open_files: int = 256):
+                 follow_symlinked_dirs: bool = False, max_open_files: int = 256,
+                 fs: FileSystem | None = None, clock: Clock | None = None):
+        self.fs = fs or REAL_FILES  # a test gives an in-memory one
+        self.clock = clock or REAL_CLOCK
         self.patterns = list(patterns)
         self.max_open = open_files_limit(max_open_files)
         # Files closed while idle (more match than max_open): their identity, by (dev, inode).
@@ -375,7 +416,7 @@ class Tailer:
         self.follow_symlinked_dirs = follow_symlinked_dirs
         self._warned: set[tuple[str, str]] = set()  # (path, what): each said once, not every scan
         for pattern in self.patterns:
-            if not glob.has_magic(pattern) and os.path.isdir(pattern):
+            if not glob.has_magic(pattern) and self.fs.isdir(pattern):
                 log.warning("%s is a directory, not a file: nothing is tailed there (give a file, "
                             "or a glob such as %s)", pattern, os.path.join(pattern, "*.jsonl"))
         self.max_line_bytes = max_line_bytes
@@ -403,7 +444,7 @@ class Tailer:
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring an unreadable saved position %.200r: %s", pos, exc)
         self._saved_at = saved_at  # when the directories were last listed before those positions
-        self.listed_at = saved_at or time.time()  # the start of the last look at the directories
+        self.listed_at = saved_at or self.clock.time()  # the start of the last look at the directories
         self._start_at_end = start_at_end
         self._changed: set[str] = set()  # truncated since the last scan (found while reading)
         # Paths gone at a look (logrotate renamed them and had not created the new file yet),
@@ -475,10 +516,10 @@ class Tailer:
             if glob.has_magic(pattern):
                 # A wildcard in the file name alone picks no directory: nothing to check there.
                 dirs = glob.has_magic(os.path.dirname(pattern))
-                paths.update(p for p in glob.glob(pattern)  # known ones are checked by scan()
-                             if (p in known or os.path.isfile(p))
+                paths.update(p for p in self.fs.glob(pattern)  # known ones are checked by scan()
+                             if (p in known or self.fs.isfile(p))
                              and not (dirs and self._through_symlinked_dir(pattern, p)))
-            elif os.path.isfile(pattern):
+            elif self.fs.isfile(pattern):
                 paths.add(pattern)
         return sorted(paths)
 
@@ -494,7 +535,7 @@ class Tailer:
         first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
         for i in range(first, len(got) - 1):
             d = os.sep.join(got[: i + 1])
-            if os.path.islink(d):
+            if self.fs.islink(d):
                 self._warn_once(path, "symlinked_dir", "%s is reached through the symlinked directory "
                                 "%s: skipped (set sources.follow_symlinked_dirs to follow it)", path, d)
                 return True
@@ -508,7 +549,7 @@ class Tailer:
     def scan(self) -> None:
         """Open new files, notice rotations, truncations and deletions."""
         self.rescan = False
-        started = time.time()
+        started = self.clock.time()
         since = self.listed_at
         if self._saved:
             self._resume_saved()
@@ -517,7 +558,7 @@ class Tailer:
         self._changed.clear()
         for path, tf in list(self.files.items()):
             try:
-                st = os.stat(path)
+                st = self.fs.stat(path)
             except FileNotFoundError:
                 st = None
             if st is None or (st.st_dev, st.st_ino) != (tf.dev, tf.ino):
@@ -558,9 +599,9 @@ class Tailer:
 
     def _skip_to_end(self, tf: TailedFile) -> None:
         """Start after the last complete line (the positions of the last run are lost)."""
-        size = os.fstat(tf.fd).st_size
+        size = self.fs.fstat(tf.fd).st_size
         start = max(0, size - READ_BYTES)
-        nl = os.pread(tf.fd, size - start, start).rfind(b"\n")
+        nl = self.fs.pread(tf.fd, size - start, start).rfind(b"\n")
         end = start + nl + 1 if nl >= 0 else size
         if end:
             tf.offset = tf.read_to = end
@@ -578,14 +619,14 @@ class Tailer:
         tf.partial = b""
         tf.skipping = False
         tf.head = tf.tail = b""
-        tf.size = os.fstat(tf.fd).st_size
+        tf.size = self.fs.fstat(tf.fd).st_size
         self._changed.add(tf.path)
         self.rescan = True
         self.file_changes += 1
 
     def _open(self, path: str, offset: int = 0, name: str = "") -> TailedFile | None:
         try:
-            fd = open_regular(name or path)
+            fd = open_regular(name or path, self.fs)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -596,7 +637,7 @@ class Tailer:
             self._warn_once(name or path, f"open:{exc.errno}", "cannot open %s: %s", name or path, exc)
             return None
         self._warned = {w for w in self._warned if w[0] != (name or path)}  # may say it again later
-        tf = TailedFile(path, fd, os.fstat(fd), offset, name)
+        tf = TailedFile(path, fd, self.fs.fstat(fd), offset, name, fs=self.fs, clock=self.clock)
         self.files[path] = tf
         self.file_changes += 1
         return tf
@@ -615,8 +656,8 @@ class Tailer:
             self._resume(ident, rotated)
         # Generations created and rotated away while we were down were never seen.
         self._read_unseen(sorted(rotated), self._saved_at, saved)
-        now = time.time()
-        self._missing.update((p, now) for p in rotated if not os.path.lexists(p))
+        now = self.clock.time()
+        self._missing.update((p, now) for p in rotated if not self.fs.lexists(p))
 
     def _resume(self, ident: Identity, rotated: set[str]) -> None:
         """Go on from a position not open now (of the last run, or of a file closed while idle):
@@ -637,7 +678,7 @@ class Tailer:
             if old is None:
                 break
             tf = self._open_verified(ident, old)
-            if tf is not None or os.path.lexists(old):
+            if tf is not None or self.fs.lexists(old):
                 break
         if tf is not None:
             self._retire(tf, path)
@@ -683,7 +724,7 @@ class Tailer:
     def park(self, tf: TailedFile) -> None:
         """Close an idle file, keeping what identifies it and its position; reopened by
         _look_at_parked when its size or mtime changes, checked to be the same file."""
-        st = os.fstat(tf.fd)
+        st = self.fs.fstat(tf.fd)
         tf.read_to = tf.offset  # a partial line is read again when reopened
         tf.partial = b""
         self.parked[(tf.dev, tf.ino)] = Parked(tf.identity(), tf.lines, (st.st_size, st.st_mtime_ns))
@@ -698,7 +739,7 @@ class Tailer:
         wanted = []
         for key, p in self.parked.items():
             try:
-                st = os.stat(p.ident.path)
+                st = self.fs.stat(p.ident.path)
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_dev, st.st_ino) == key and (st.st_size, st.st_mtime_ns) == p.checked:
@@ -718,8 +759,8 @@ class Tailer:
                 tf.lines = p.lines
         if rotated:
             self._read_unseen(sorted(rotated), since, idents)
-            now = time.time()
-            self._missing.update((p, now) for p in rotated if not os.path.lexists(p))
+            now = self.clock.time()
+            self._missing.update((p, now) for p in rotated if not self.fs.lexists(p))
         return sorted(rotated)
 
     def _fd_refused(self, name: str, exc: OSError) -> None:
@@ -735,7 +776,7 @@ class Tailer:
         its content changed (truncated, rewritten, a new file on the same inode), finish it from
         a copy and let the scan read the path from its start ("changed"). None: not there."""
         try:
-            st = os.stat(ident.path)
+            st = self.fs.stat(ident.path)
         except FileNotFoundError:
             return None
         if (st.st_dev, st.st_ino) != (ident.dev, ident.ino):
@@ -755,20 +796,20 @@ class Tailer:
         decompressed, as before."""
         compressed = name.endswith(COMPRESSED)
         try:
-            physical = os.stat(name)
-            fd = self._open_sibling(name, physical) if compressed else open_regular(name)
+            physical = self.fs.stat(name)
+            fd = self._open_sibling(name, physical) if compressed else open_regular(name, self.fs)
         except (OSError, SiblingMoved):  # a .gz renamed over since the stat: not the one read
             return None
         if fd is None:
             return None
         try:
-            ok = ident.same_file(fd)
+            ok = ident.same_file(fd, self.fs)
         except OSError:
             ok = False
         if not ok:
-            os.close(fd)
+            self.fs.close(fd)
             return None
-        tf = TailedFile(ident.path, fd, os.fstat(fd), ident.offset, name)
+        tf = TailedFile(ident.path, fd, self.fs.fstat(fd), ident.offset, name, fs=self.fs, clock=self.clock)
         tf.skipping = ident.skipping
         if compressed:
             tf.decompressed = True
@@ -817,20 +858,20 @@ class Tailer:
                 vanished = True
                 continue
             if fd is None:
-                vanished = vanished or not os.path.lexists(sibling)
+                vanished = vanished or not self.fs.lexists(sibling)
                 continue
             try:
-                kind = ident.copy_kind(fd)
+                kind = ident.copy_kind(fd, self.fs)
             except OSError:
                 kind = None
             if kind is None:
-                os.close(fd)
+                self.fs.close(fd)
                 continue
-            size = os.fstat(fd).st_size
+            size = self.fs.fstat(fd).st_size
             compressed = sibling.endswith(COMPRESSED)
             stat_for = os.stat_result((0, ident.ino, ident.dev, 0, 0, 0, size, 0, 0, 0)) \
-                if compressed else os.fstat(fd)
-            tf = TailedFile(path, fd, stat_for, min(ident.offset, size), sibling)
+                if compressed else self.fs.fstat(fd)
+            tf = TailedFile(path, fd, stat_for, min(ident.offset, size), sibling, fs=self.fs, clock=self.clock)
             tf.decompressed = compressed
             tf.physical = key
             tf.mtime = st.st_mtime
@@ -874,11 +915,11 @@ class Tailer:
         try:
             if opener is None and name.endswith(COMPRESSED):
                 return None
-            raw = open_regular(name)
+            raw = open_regular(name, self.fs)
             if listed is not None:
-                now = os.fstat(raw)
+                now = self.fs.fstat(raw)
                 if (now.st_dev, now.st_ino) != (listed.st_dev, listed.st_ino):
-                    os.close(raw)
+                    self.fs.close(raw)
                     raise SiblingMoved(name)
             if opener is None:
                 return raw
@@ -907,7 +948,7 @@ class Tailer:
             idents = list(saved)
             for path in paths:
                 try:
-                    st = os.stat(path)
+                    st = self.fs.stat(path)
                     known.add((st.st_dev, st.st_ino))
                 except FileNotFoundError:
                     pass
@@ -915,8 +956,8 @@ class Tailer:
                     if fd is None:
                         vanished = True
                         continue
-                    st = os.fstat(fd)
-                    tf = TailedFile(path, fd, st, 0, sibling)
+                    st = self.fs.fstat(fd)
+                    tf = TailedFile(path, fd, st, 0, sibling, fs=self.fs, clock=self.clock)
                     if sibling.endswith(COMPRESSED):
                         tf.decompressed = True  # orig: the .gz as listed, checked at the open
                         tf.dev, tf.ino = orig.st_dev, orig.st_ino
@@ -948,23 +989,23 @@ class Tailer:
                 found.append((st.st_mtime, p, None, st))
                 continue
             if fd is None:
-                if not os.path.lexists(p):
+                if not self.fs.lexists(p):
                     found.append((st.st_mtime, p, None, st))
                 continue
             if not p.endswith(COMPRESSED):
-                now = os.fstat(fd)
+                now = self.fs.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
-                    os.close(fd)
+                    self.fs.close(fd)
                     found.append((st.st_mtime, p, None, st))
                     continue
             else:
                 try:
                     copy = any(tf.holds_start_of(fd) for tf in self.readable()) \
-                        or any(i.copy_kind(fd) for i in idents)
+                        or any(i.copy_kind(fd, self.fs) for i in idents)
                 except OSError:
                     copy = True
                 if copy:
-                    os.close(fd)
+                    self.fs.close(fd)
                     continue
             found.append((st.st_mtime, p, fd, st))
         found.sort(key=lambda x: x[0])
@@ -978,13 +1019,12 @@ class Tailer:
         tf.draining = True
         self.retired.append(tf)
 
-    @staticmethod
-    def _siblings(path: str) -> list[tuple[os.stat_result, str]]:
+    def _siblings(self, path: str) -> list[tuple[os.stat_result, str]]:
         """Rotated siblings of a file (``app.jsonl.1``, ``app.jsonl.2.gz``, ``app.jsonl-20261126``)."""
         directory, base = os.path.split(path)
         found = []
         try:
-            with os.scandir(directory or ".") as it:
+            with self.fs.scandir(directory or ".") as it:
                 for entry in it:
                     name = entry.name
                     if (name.startswith(base + ".") or name.startswith(base + "-")) \
@@ -994,10 +1034,9 @@ class Tailer:
             return []
         return found
 
-    @staticmethod
-    def _find_inode(directory: str, dev: int, ino: int) -> str | None:
+    def _find_inode(self, directory: str, dev: int, ino: int) -> str | None:
         try:
-            with os.scandir(directory) as it:
+            with self.fs.scandir(directory) as it:
                 for entry in it:
                     try:
                         st = entry.stat(follow_symlinks=False)
@@ -1012,7 +1051,7 @@ class Tailer:
     # --- reading -----------------------------------------------------------------
     def read(self, tf: TailedFile, limit: int = READ_BYTES) -> list[bytes]:
         """The complete lines that arrived since the last read (at most ``limit`` bytes)."""
-        data = os.pread(tf.fd, limit, tf.read_to)
+        data = self.fs.pread(tf.fd, limit, tf.read_to)
         tf.more = len(data) == limit  # more to read: due() keeps it without a word from inotify
         if not data:
             return []
@@ -1025,9 +1064,9 @@ class Tailer:
             data = data[3:]
             tf.offset = tf.read_to = 3
         if len(tf.head) < HEAD_BYTES:
-            tf.head = os.pread(tf.fd, HEAD_BYTES, 0)[:tf.read_to + len(data)]
+            tf.head = self.fs.pread(tf.fd, HEAD_BYTES, 0)[:tf.read_to + len(data)]
         tf.read_to += len(data)
-        tf.last_data = time.monotonic()
+        tf.last_data = self.clock.monotonic()
         if tf.skipping:
             nl = data.find(b"\n")
             if nl < 0:
@@ -1096,9 +1135,9 @@ class Tailer:
         A writer that has not reopened its log yet still appends to the renamed
         file, so a rotated file is kept until it goes quiet, not just to EOF.
         """
-        wall = time.time()
+        wall = self.clock.time()
         for tf in list(self.retired):
-            st = os.fstat(tf.fd)  # of a decompressed copy: the private copy
+            st = self.fs.fstat(tf.fd)  # of a decompressed copy: the private copy
             if tf.read_to < st.st_size:
                 continue  # not read to its end yet
             # Quiet since we opened it, or (after a restart, which opened it again) not written
