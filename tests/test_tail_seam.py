@@ -1,0 +1,486 @@
+"""The tailer's rotation, truncation, partial-line and identity decisions, on an in-memory
+filesystem and a hand-driven clock: each case runs in milliseconds. The same cases on real
+files and real logrotate stay in tests/e2e/.
+
+Every line carries a sequence number and otherwise looks like its neighbours (one writer's
+structured log), so generations share their first bytes. Each case asserts the exact
+sequence numbers read: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from mlsidecar.sources.tail import GAP_DELETED, Clock, FileSystem, Tailer
+
+LOG = "/logs/app.jsonl"
+
+
+# --- the fake ---------------------------------------------------------------------------
+class FakeClock(Clock):
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+
+    def time(self) -> float:  # type: ignore[override]
+        return self.wall
+
+    def monotonic(self) -> float:  # type: ignore[override]
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class Inode:
+    def __init__(self, ino: int, data: bytes, mtime: float) -> None:
+        self.ino, self.data, self.mtime = ino, bytearray(data), mtime
+
+    def stat(self) -> os.stat_result:
+        m = self.mtime
+        return os.stat_result((stat.S_IFREG | 0o644, self.ino, 1, 1, 0, 0, len(self.data), int(m), int(m), int(m)),
+                              {"st_atime": m, "st_mtime": m, "st_ctime": m, "st_mtime_ns": int(m * 1e9)})
+
+
+class Entry:
+    """What os.scandir yields, for one name."""
+
+    def __init__(self, path: str, inode: Inode) -> None:
+        self.path, self.name, self._st = path, os.path.basename(path), inode.stat()
+
+    def is_file(self, follow_symlinks: bool = True) -> bool:
+        return True
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        return self._st
+
+
+class MemFS(FileSystem):
+    """Names -> inodes -> bytes, descriptors on inodes, one device. ``before(call, path, fn)``
+    runs ``fn`` once just before the next ``call`` on ``path`` (an error to raise, a rename)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.names: dict[str, Inode] = {}
+        self.fds: dict[int, Inode] = {}
+        self._next_ino, self._next_fd = 100, 1000
+        self._hooks: list[tuple[str, str, Callable[[], None]]] = []
+
+    # what the workload and logrotate do
+    def write(self, path: str, data: bytes) -> None:
+        node = self.names.get(path) or self.create(path)
+        node.data += data
+        node.mtime = self.clock.wall
+
+    def create(self, path: str, ino: int | None = None) -> Inode:
+        if ino is None:
+            self._next_ino += 1
+            ino = self._next_ino
+        node = self.names[path] = Inode(ino, b"", self.clock.wall)
+        return node
+
+    def rewrite(self, path: str, data: bytes) -> None:
+        """Overwritten from its start, on the same inode (``r+b``)."""
+        node = self.names[path]
+        node.data[: len(data)] = data
+        node.mtime = self.clock.wall
+
+    def rename(self, src: str, dst: str) -> None:
+        self.names[dst] = self.names.pop(src)
+
+    def unlink(self, path: str) -> None:
+        del self.names[path]
+
+    def copy(self, src: str, dst: str) -> None:
+        self.create(dst).data += self.names[src].data
+        self.names[dst].mtime = self.clock.wall
+
+    def truncate(self, path: str) -> None:
+        self.names[path].data.clear()
+        self.names[path].mtime = self.clock.wall
+
+    def before(self, call: str, path: str, fn: Callable[[], None]) -> None:
+        self._hooks.append((call, path, fn))
+
+    def _hook(self, call: str, path: str) -> None:
+        for h in self._hooks:
+            if h[:2] == (call, path):
+                self._hooks.remove(h)
+                h[2]()
+                return
+
+    def _node(self, path: str) -> Inode:
+        try:
+            return self.names[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+
+    def _fd(self, fd: int) -> Inode:
+        try:
+            return self.fds[fd]
+        except KeyError:
+            raise OSError(errno.EBADF, "Bad file descriptor") from None
+
+    # what the tailer calls
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:  # type: ignore[override]
+        self._hook("open", path)
+        self._next_fd += 1
+        self.fds[self._next_fd] = self._node(path)
+        return self._next_fd
+
+    def fstat(self, fd: int) -> os.stat_result:  # type: ignore[override]
+        return self._fd(fd).stat()
+
+    def stat(self, path: str) -> os.stat_result:  # type: ignore[override]
+        self._hook("stat", path)
+        return self._node(path).stat()
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:  # type: ignore[override]
+        return bytes(self._fd(fd).data[offset: offset + n])
+
+    def close(self, fd: int) -> None:  # type: ignore[override]
+        self._fd(fd)
+        del self.fds[fd]
+
+    def set_blocking(self, fd: int, blocking: bool) -> None:  # type: ignore[override]
+        self._fd(fd)
+
+    @contextmanager  # type: ignore[override]
+    def scandir(self, path: str) -> Iterator[list[Entry]]:
+        yield [Entry(p, n) for p, n in sorted(self.names.items()) if os.path.dirname(p) == path]
+
+    def lexists(self, path: str) -> bool:  # type: ignore[override]
+        return path in self.names
+
+    isfile = lexists  # type: ignore[assignment]
+
+    def isdir(self, path: str) -> bool:  # type: ignore[override]
+        return any(p.startswith(path.rstrip("/") + "/") for p in self.names)
+
+    def islink(self, path: str) -> bool:  # type: ignore[override]
+        return False
+
+    def glob(self, pattern: str) -> list[str]:  # type: ignore[override]
+        d = os.path.dirname(pattern)
+        return [p for p in self.names if os.path.dirname(p) == d and fnmatch.fnmatchcase(p, pattern)]
+
+
+# --- driving the tailer -----------------------------------------------------------------
+def line(i: int) -> bytes:
+    return b'{"event":"prediction","model":"m","status":"success","latency_s":0.01,"seq":' + str(i).encode() + b"}\n"
+
+
+def lines(seqs: range | list[int]) -> bytes:
+    return b"".join(line(i) for i in seqs)
+
+
+def setup(patterns: list[str] | None = None, **kw: object) -> tuple[MemFS, FakeClock, list[tuple[str, str]], Tailer]:
+    clock = FakeClock()
+    fs = MemFS(clock)
+    gaps: list[tuple[str, str]] = []
+    t = Tailer(patterns or [LOG], watch="poll", fs=fs, clock=clock, on_gap=lambda p, r: gaps.append((p, r)), **kw)
+    return fs, clock, gaps, t
+
+
+def drain(t: Tailer, rounds: int = 3) -> list[int]:
+    """What the worker does: scan, read every open file until nothing more comes; the
+    sequence numbers read, in order."""
+    out: list[int] = []
+    for _ in range(rounds):
+        t.scan()
+        for _ in range(50):
+            got = 0
+            for tf in t.readable():
+                read = t.read(tf)
+                got += len(read)
+                out += [int(x.rsplit(b":", 1)[1].rstrip(b"}")) for x in read]
+            if not got:
+                break
+    return out
+
+
+def restart(t: Tailer, fs: MemFS, clock: FakeClock, gaps: list | None = None) -> Tailer:
+    """A stop and a new start: a new Tailer given the positions as last saved. The old one
+    leaves no descriptor open."""
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    assert fs.fds == {}
+    return Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+                  on_gap=(lambda p, r: gaps.append((p, r))) if gaps is not None else None)
+
+
+# --- rotation -------------------------------------------------------------------------------
+def test_rename_and_create_reads_the_old_file_to_its_end_then_the_new_one() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    fs.write(LOG, lines(range(100, 150)))  # written after the last read, before the rename
+    clock.advance(1)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(150, 200)))
+    assert drain(t) == list(range(100, 200))
+    # The writer still had the old file open for a moment.
+    fs.write(LOG + ".1", lines(range(200, 205)))
+    assert drain(t) == list(range(200, 205))
+    clock.advance(60)
+    t.retire_quiet(clock.monotonic(), 5.0)
+    assert [tf.name for tf in t.readable()] == [LOG]
+    assert drain(t) == [] and gaps == []
+
+
+def test_copytruncate_finishes_the_unread_lines_from_the_copy() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    fs.write(LOG, lines(range(100, 150)))  # not read yet when logrotate copies
+    clock.advance(1)
+    fs.copy(LOG, LOG + ".1")
+    fs.truncate(LOG)
+    fs.write(LOG, lines(range(200, 230)))
+    assert sorted(drain(t)) == list(range(100, 150)) + list(range(200, 230))
+    assert drain(t) == [] and gaps == []
+
+
+def test_truncated_in_place_is_read_again_from_its_start() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(50)))
+    assert drain(t) == list(range(50))
+    fs.truncate(LOG)
+    clock.advance(1)
+    fs.write(LOG, lines(range(300, 310)))
+    assert drain(t) == list(range(300, 310))
+    assert gaps == []  # everything written before the truncate had been read
+
+
+def test_truncated_before_its_end_was_read_counts_a_gap() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(50)))
+    assert drain(t) == list(range(50))
+    fs.write(LOG, lines(range(50, 60)))
+    t.scan()  # sees the new size, does not read it yet
+    fs.truncate(LOG)
+    fs.write(LOG, lines(range(400, 402)))
+    assert drain(t) == [400, 401]
+    assert gaps == [(LOG, "truncated_unread")]
+
+
+# --- partial lines ------------------------------------------------------------------------
+def test_a_partial_last_line_is_held_until_its_newline() -> None:
+    fs, clock, gaps, t = setup()
+    tenth = line(10)
+    fs.write(LOG, lines(range(10)) + tenth[:20])
+    assert drain(t) == list(range(10))
+    pos = next(iter(t.positions().values()))
+    assert pos["offset"] == len(lines(range(10)))  # the held bytes are not consumed
+    fs.write(LOG, tenth[20:-1])
+    assert drain(t) == []
+    fs.write(LOG, b"\n" + line(11))
+    assert drain(t) == [10, 11]
+
+
+def test_a_partial_line_held_at_a_stop_is_read_whole_after_the_start() -> None:
+    fs, clock, gaps, t = setup()
+    tenth = line(10)
+    fs.write(LOG, lines(range(10)) + tenth[:30])
+    assert drain(t) == list(range(10))
+    t = restart(t, fs, clock)
+    fs.write(LOG, tenth[30:] + line(11))
+    assert drain(t) == [10, 11]
+
+
+# --- identity of alike files ----------------------------------------------------------------
+def test_the_same_inode_rewritten_while_stopped_is_read_from_its_start() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    t = restart(t, fs, clock)
+    t.stop()
+    clock.advance(5)
+    fs.rewrite(LOG, lines(range(1000, 1200)))  # same inode, same first bytes, longer
+    t = restart(t, fs, clock)
+    assert drain(t) == list(range(1000, 1200))
+
+
+def test_an_inode_number_reused_after_a_delete_is_a_new_file() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    ino = fs.names[LOG].ino
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(5)
+    fs.unlink(LOG)
+    fs.create(LOG, ino=ino)  # the filesystem hands the number out again
+    fs.write(LOG, lines(range(500, 650)))
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock)
+    assert drain(t) == list(range(500, 650))
+
+
+def test_a_reused_inode_whose_first_lines_are_the_same_is_still_a_new_file() -> None:
+    """A re-run of a deterministic job writes the same first lines (more than HEAD_BYTES) into
+    a new file that got the old inode number: the bytes before the position tell them apart."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    ino = fs.names[LOG].ino
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(5)
+    fs.unlink(LOG)
+    fs.create(LOG, ino=ino)
+    fs.write(LOG, lines(range(20)) + lines(range(3000, 3200)))
+    assert len(lines(range(20))) > 1024
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock)
+    assert drain(t) == list(range(20)) + list(range(3000, 3200))
+
+
+def test_the_copy_is_told_from_an_older_shorter_generation_that_starts_alike() -> None:
+    """After a copytruncate, an older generation whose first line differs only after its
+    first 64 bytes is not taken for the copy: the unread lines come from the real copy."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG + ".2", lines(range(5000, 5005)))  # an older run's log, left beside it
+    clock.advance(0.5)
+    fs.write(LOG, lines(range(100)))
+    clock.advance(1.1)  # looked at after the older one's mtime, beyond the clocks' slack
+    assert drain(t) == list(range(100))
+    assert line(0)[:64] == line(5000)[:64]
+    fs.write(LOG, lines(range(100, 120)))
+    fs.copy(LOG, LOG + ".1")
+    fs.truncate(LOG)
+    fs.write(LOG, lines(range(200, 210)))
+    assert drain(t) == list(range(100, 120)) + list(range(200, 210))
+    assert gaps == []
+
+
+def test_a_copy_made_while_stopped_is_found_by_its_content() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    fs.write(LOG, lines(range(100, 120)))
+    t.scan()
+    t = restart(t, fs, clock, gaps)
+    t.stop()
+    clock.advance(5)
+    fs.copy(LOG, LOG + ".1")  # copytruncate while the sidecar is down
+    fs.truncate(LOG)
+    fs.write(LOG, lines(range(200, 210)))
+    saved, at = t.positions(), t.listed_at
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    assert drain(t) == list(range(100, 120)) + list(range(200, 210))
+    assert gaps == []
+
+
+# --- rotations while stopped, and races with logrotate ------------------------------------------
+def test_a_generation_rotated_twice_while_stopped_is_read_whole() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    fs.write(LOG, lines(range(100, 110)))
+    t = restart(t, fs, clock, gaps)
+    t.stop()
+    saved, at = t.positions(), t.listed_at
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))  # created and rotated away while stopped
+    clock.advance(5)
+    fs.rename(LOG + ".1", LOG + ".2")
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(300, 310)))
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    assert drain(t) == list(range(100, 110)) + list(range(200, 210)) + list(range(300, 310))
+    assert gaps == []
+
+
+def test_a_sibling_renamed_between_the_listing_and_the_open_is_not_passed_over() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))  # generation A, read up to 100
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))  # B
+    clock.advance(5)
+    fs.rename(LOG + ".1", LOG + ".2")
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(300, 310)))  # C
+
+    def logrotate() -> None:  # runs after the directory was listed, before .1 is opened
+        clock.advance(5)
+        fs.rename(LOG + ".2", LOG + ".3")
+        fs.rename(LOG + ".1", LOG + ".2")
+        fs.rename(LOG, LOG + ".1")
+        fs.write(LOG, lines(range(400, 410)))  # D
+
+    fs.before("open", LOG + ".1", logrotate)
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    assert drain(t) == list(range(200, 210)) + list(range(300, 310)) + list(range(400, 410))
+    assert gaps == []
+
+
+def test_a_file_renamed_away_between_the_stat_and_the_open_is_read_once() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(10)))
+    assert drain(t) == list(range(10))
+    fs.write(LOG, lines(range(10, 20)))
+    t = restart(t, fs, clock)
+    t.stop()
+    saved, at = t.positions(), t.listed_at
+    clock.advance(5)
+
+    def rotate() -> None:  # the path is looked at, then renamed before it is opened
+        fs.rename(LOG, LOG + ".1")
+        fs.write(LOG, lines(range(30, 40)))
+
+    fs.before("open", LOG, rotate)
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock)
+    assert drain(t) == list(range(10, 20)) + list(range(30, 40))
+
+
+def test_emfile_on_open_is_retried_and_loses_nothing() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(10)))
+
+    def emfile() -> None:
+        raise OSError(errno.EMFILE, "Too many open files", LOG)
+
+    fs.before("open", LOG, emfile)
+    t.scan()
+    assert t.fd_refused == 1 and t.readable() == [] and t.rescan
+    assert drain(t) == list(range(10))
+    # Again for the new file of a rotation.
+    fs.write(LOG, lines(range(10, 20)))
+    clock.advance(1)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(20, 30)))
+    fs.before("open", LOG, emfile)
+    assert drain(t, rounds=1) == list(range(10, 20))
+    assert t.fd_refused == 2
+    assert drain(t) == list(range(20, 30))
+    assert gaps == []
+
+
+def test_a_generation_deleted_while_stopped_before_it_was_read_is_a_counted_gap() -> None:
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(10)))
+    assert drain(t) == list(range(10))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(5)
+    fs.write(LOG, lines(range(10, 20)))
+    fs.rename(LOG, LOG + ".1")
+    fs.unlink(LOG + ".1")
+    fs.write(LOG, lines(range(20, 25)))
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    assert drain(t) == list(range(20, 25))
+    assert gaps == [(LOG, GAP_DELETED)]
