@@ -27,10 +27,10 @@ class FakeClock(Clock):
         self.wall = 1_800_000_000.0
         self.mono = 1000.0
 
-    def time(self) -> float:  # type: ignore[override]
+    def time(self) -> float:
         return self.wall
 
-    def monotonic(self) -> float:  # type: ignore[override]
+    def monotonic(self) -> float:
         return self.mono
 
     def advance(self, seconds: float) -> None:
@@ -128,45 +128,45 @@ class MemFS(FileSystem):
             raise OSError(errno.EBADF, "Bad file descriptor") from None
 
     # what the tailer calls
-    def open(self, path: str, flags: int, mode: int = 0o777) -> int:  # type: ignore[override]
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
         self._hook("open", path)
         self._next_fd += 1
         self.fds[self._next_fd] = self._node(path)
         return self._next_fd
 
-    def fstat(self, fd: int) -> os.stat_result:  # type: ignore[override]
+    def fstat(self, fd: int) -> os.stat_result:
         return self._fd(fd).stat()
 
-    def stat(self, path: str) -> os.stat_result:  # type: ignore[override]
+    def stat(self, path: str) -> os.stat_result:
         self._hook("stat", path)
         return self._node(path).stat()
 
-    def pread(self, fd: int, n: int, offset: int) -> bytes:  # type: ignore[override]
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
         return bytes(self._fd(fd).data[offset: offset + n])
 
-    def close(self, fd: int) -> None:  # type: ignore[override]
+    def close(self, fd: int) -> None:
         self._fd(fd)
         del self.fds[fd]
 
-    def set_blocking(self, fd: int, blocking: bool) -> None:  # type: ignore[override]
+    def set_blocking(self, fd: int, blocking: bool) -> None:
         self._fd(fd)
 
-    @contextmanager  # type: ignore[override]
+    @contextmanager
     def scandir(self, path: str) -> Iterator[list[Entry]]:
         yield [Entry(p, n) for p, n in sorted(self.names.items()) if os.path.dirname(p) == path]
 
-    def lexists(self, path: str) -> bool:  # type: ignore[override]
+    def lexists(self, path: str) -> bool:
         return path in self.names
 
-    isfile = lexists  # type: ignore[assignment]
+    isfile = lexists
 
-    def isdir(self, path: str) -> bool:  # type: ignore[override]
+    def isdir(self, path: str) -> bool:
         return any(p.startswith(path.rstrip("/") + "/") for p in self.names)
 
-    def islink(self, path: str) -> bool:  # type: ignore[override]
+    def islink(self, path: str) -> bool:
         return False
 
-    def glob(self, pattern: str) -> list[str]:  # type: ignore[override]
+    def glob(self, pattern: str) -> list[str]:
         d = os.path.dirname(pattern)
         return [p for p in self.names if os.path.dirname(p) == d and fnmatch.fnmatchcase(p, pattern)]
 
