@@ -484,3 +484,20 @@ def test_a_generation_deleted_while_stopped_before_it_was_read_is_a_counted_gap(
                on_gap=lambda p, r: gaps.append((p, r)))
     assert drain(t) == list(range(20, 25))
     assert gaps == [(LOG, GAP_DELETED)]
+
+
+def test_more_files_than_may_be_open_are_closed_while_idle_and_lose_nothing() -> None:
+    fs, clock, gaps, t = setup(["/logs/*.jsonl"], max_open_files=2)
+    names = [f"/logs/w{i}.jsonl" for i in range(5)]
+    for i, name in enumerate(names):
+        fs.write(name, lines(range(i * 100, i * 100 + 10)))
+    got = drain(t, rounds=6)
+    assert sorted(got) == [i * 100 + j for i in range(5) for j in range(10)]
+    assert len(fs.fds) <= 2 and t.parked_total > 0
+    clock.advance(1)
+    for i, name in enumerate(names):  # each written again while closed, one with a partial line
+        fs.write(name, lines(range(i * 100 + 10, i * 100 + 20)) + (b'{"seq":' if i == 3 else b""))
+    got = drain(t, rounds=6)
+    assert sorted(got) == [i * 100 + j for i in range(5) for j in range(10, 20)]
+    fs.write(names[3], b"399}\n")
+    assert drain(t, rounds=6) == [399] and len(fs.fds) <= 2 and gaps == []
