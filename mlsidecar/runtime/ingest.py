@@ -267,9 +267,13 @@ class Source(Protocol):
     """What :func:`run` needs of a source. A source never touches the batch or the writer."""
 
     role: str  # "tail" or "socket": the role in the worker's status
-    wake: threading.Event  # set when there is something to read; SIGTERM sets it too
     idle_wait: float  # longest wait, in seconds, with nothing to flush
     settle: float  # seconds slept after a wake-up, so that many small writes are read as one chunk
+
+    @property
+    def wake(self) -> threading.Event:
+        """Set when there is something to read; SIGTERM sets it too."""
+        ...
 
     def read(self) -> Iterator[Chunk]:
         """The chunks ready now (bounded: the loop flushes and reports between reads)."""

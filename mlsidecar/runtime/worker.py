@@ -18,7 +18,6 @@ from typing import Any
 
 from .. import catalogue as C
 from ..config import Config
-from ..events import OVERSIZED
 from ..exemplars import ExemplarStore
 from ..sources.socket import (
     BACKPRESSURE,
@@ -34,10 +33,7 @@ from ..sources.socket import (
 from ..store import FAULT_POSITIONS, Batch
 from . import ingest as ingest_loop
 from .ingest import (
-    BURST_BYTES,
-    CAUGHT_UP_FLUSH,
     IDLE_TICK,
-    STATUS_EVERY,
     Chunk,
     Counts,
     Ingest,
@@ -61,9 +57,6 @@ SOCKET_TAKE = 64  # queued chunks taken per read, between the loop's flush check
 
 def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
     """Follow ``patterns`` until SIGTERM; the body of a ``tail-*`` worker process."""
-    from ..exemplars import ExemplarStore
-    from ..sources.tail import Tailer
-
     stop = Stop()
     state = StateDir(cfg.state_dir)
     writer = make_writer(cfg, state, identity)
@@ -83,126 +76,127 @@ def run_tail_worker(identity: str, cfg: Config, patterns: list[str]) -> None:
                     "reading the files on from their end: lines written while stopped are not "
                     "counted, and nothing is counted twice", identity, writer.journal_status)
         writer.inc(C.STATE_FAULTS, (identity, FAULT_POSITIONS))
-    oversized_sources: list[str] = []
+    src = cfg.sources
+    source = TailSource(patterns, src.poll_interval, max_line_bytes=src.max_line_bytes, positions=saved,
+                        saved_at=journal.get("time", 0.0), start_at_end=bool(positions_lost),
+                        watch=src.watch, follow_symlinked_dirs=src.follow_symlinked_dirs,
+                        max_open_files=src.max_open_files)
+    stop.wake = source.wake
+    log.info("%s following %s (%s)", identity, ", ".join(patterns), source.tailer.watch_mode)
+    ingest_loop.run(identity, source, ingest, health, state, stop, src.flush_interval)
 
-    def on_gap(path: str, reason: str) -> None:
-        batch.inc(C.SOURCE_GAPS, (path, reason))
 
-    tailer = Tailer(patterns, max_line_bytes=cfg.sources.max_line_bytes, positions=saved,
-                    saved_at=journal.get("time", 0.0), start_at_end=positions_lost,
-                    watch=cfg.sources.watch, on_oversized=oversized_sources.append, on_gap=on_gap,
-                    follow_symlinked_dirs=cfg.sources.follow_symlinked_dirs,
-                    max_open_files=cfg.sources.max_open_files)
-    stop.wake = tailer.wake
-    flush_every = cfg.sources.flush_interval
-    poll = cfg.sources.poll_interval
-    last_flush = last_scan = last_status = last_status_write = last_forget = 0.0
-    last_flush_bytes = 0
-    last_shape: tuple = ()
-    behind_written: dict[str, tuple[int, float]] = {}
-    bytes_read: dict[str, int] = {}
-    log.info("%s following %s (%s)", identity, ", ".join(patterns), tailer.watch_mode)
+class TailSource:
+    """The tailed files as a source: what is due is read, with the bytes read per file, the
+    lines over the limit and the gaps the tailer reports, and its positions for the journal.
 
-    def flush(now: float, final: bool = False) -> None:
-        mapper.tick(now)
-        if not (batch or bytes_read or oversized_sources or writer.has_pending() or final):
-            return
-        for path in oversized_sources:
-            ingest.reject(path, OVERSIZED)
-        oversized_sources.clear()
-        for path, n in bytes_read.items():
-            batch.inc(C.LINES_READ, (path,), n)
-        bytes_read.clear()
-        writer.apply(batch, now)
+    ``tailer_options`` go to :class:`~mlsidecar.sources.tail.Tailer` (positions, limits, watch).
+    """
+
+    role = "tail"
+    settle = READ_PAUSE  # a chatty writer wakes us per line: a few reads of many lines instead
+
+    def __init__(self, patterns: list[str], poll: float, **tailer_options: Any):
+        from ..sources.tail import Tailer
+
+        self.patterns = patterns
+        self.poll = poll
+        self.idle_wait = min(poll, IDLE_TICK)
+        self._oversized: list[str] = []
+        self._gaps: list[tuple[str, str]] = []
+        self.tailer = Tailer(patterns, on_oversized=self._oversized.append, on_gap=self._gap,
+                             **tailer_options)
+        self.wake = self.tailer.wake
+        self._last_scan = 0.0
+        self._read: dict[str, int] = {}  # bytes read per file since the last counts()
+        self._progressed = False
+        self._behind_written: dict[str, tuple[int, float]] = {}
+
+    def _gap(self, path: str, reason: str) -> None:
+        self._gaps.append((path, reason))
+
+    def read(self) -> Iterator[Chunk]:
+        tailer = self.tailer
+        now = time.time()
+        scanned = now - self._last_scan >= self.poll or tailer.rescan
+        if scanned:
+            tailer.scan()
+            self._last_scan = now
+        for tf in tailer.due(scanned):
+            before = tf.read_to
+            lines = tailer.read(tf)
+            if tf.read_to != before:
+                self._progressed = True
+                self._read[tf.path] = self._read.get(tf.path, 0) + tf.read_to - before
+            if lines:
+                tf.lines += len(lines)
+                yield tf.path, lines
+
+    def drain(self) -> Iterator[Chunk]:
+        return iter(())  # what is not read yet stays in the files, for the next start
+
+    def counts(self) -> Counts:
+        oversized: dict[str, int] = {}
+        for path in self._oversized:
+            oversized[path] = oversized.get(path, 0) + 1
+        increments: list[Sample] = [(C.LINES_READ, (path,), n) for path, n in self._read.items()]
+        increments += [(C.SOURCE_GAPS, (path, reason), 1) for path, reason in self._gaps]
+        counts = Counts(progressed=self._progressed, nbytes=sum(self._read.values()),
+                        oversized=oversized, increments=increments)
+        self._oversized.clear()
+        self._gaps.clear()
+        self._read = {}
+        self._progressed = False
+        return counts
+
+    def positions(self, final: bool) -> Positions:
         # "time": when the directories were last listed; generations newer than that were
         # not seen by this run, and a restart reads them. Only the positions that changed are
         # handed on: with thousands of files, a flush writes what was read, not every position.
         # At the stop the journal is written whole (one record).
-        if not health.flush({"time": tailer.listed_at}, entries=tailer.position_changes(), rewrite=final):
-            tailer.shed(16)  # if it was the descriptor limit (EMFILE), the next try finds one
+        return {"time": self.tailer.listed_at}, self.tailer.position_changes()
 
-    try:
-        while not stop.requested:
-            now = time.time()
-            scanned = now - last_scan >= poll or tailer.rescan
-            if scanned:
-                tailer.scan()
-                last_scan = now
-            progressed = False
-            for tf in tailer.due(scanned):
-                before = tf.read_to
-                lines = tailer.read(tf)
-                if tf.read_to != before:
-                    progressed = True
-                    bytes_read[tf.path] = bytes_read.get(tf.path, 0) + tf.read_to - before
-                if lines:
-                    tf.lines += len(lines)
-                    ingest.lines(lines, tf.path)
-                if stop.requested:
-                    break
-            now = time.time()
-            pending = bool(batch or bytes_read or oversized_sources)
-            # Busy: flush every flush_interval. Caught up after a burst: flush what is pending now
-            # (at most every CAUGHT_UP_FLUSH), so its last lines show at once. A trickle is flushed
-            # every flush_interval: each flush writes the journal, most of the cost at a steady load.
-            unflushed = sum(bytes_read.values())
-            burst = unflushed >= BURST_BYTES or last_flush_bytes >= BURST_BYTES  # in one, or just after
-            due = CAUGHT_UP_FLUSH if pending and not progressed and burst else flush_every
-            if not (pending or progressed or writer.has_pending()):
-                due = IDLE_TICK
-            if now - last_flush >= due and (pending or not last_flush or mapper.analytics):
-                # With analytics on, flush (and so tick) even when idle: windows keep expiring.
-                flush(now)
-                last_flush, last_flush_bytes = now, unflushed
-                pending = False
-            if now - last_status >= 1.0:
-                tailer.retire_quiet(time.monotonic(), max(5.0, 5 * poll))
-                if now - last_forget >= FORGET_EVERY:
-                    # It walks every series (with 10,000 files, 130,000 of them: 0.2 s);
-                    # expiry times are minutes.
-                    writer.forget_expired(now)
-                    last_forget = now
-                for tf in tailer.files.values():
-                    # Written when it changes (and now and then, so it does not expire): an
-                    # unchanged gauge would otherwise make a flush, and a journal write, per second.
-                    behind = tailer.behind(tf)
-                    old = behind_written.get(tf.path)
-                    if old is None or old[0] != behind or now - old[1] >= GAUGE_REFRESH:
-                        writer.set_gauge(C.BYTES_BEHIND, (tf.path,), behind, now)
-                        behind_written[tf.path] = (behind, now)
-                if len(behind_written) > len(tailer.files):  # files retired: forget them here too
-                    behind_written = {tf.path: behind_written[tf.path] for tf in tailer.files.values()
-                                      if tf.path in behind_written}
-                shape = (tailer.watch_mode, health.error, tailer.file_changes)
-                # Counts alone change every second under load: they are written every STATUS_EVERY
-                # (the heartbeat /readyz reads); a new source, a rotation or an error at once.
-                if shape != last_shape or now - last_status_write >= STATUS_EVERY:
-                    write_status(state, identity, "tail", tail_status(tailer, patterns, ingest, health))
-                    last_shape, last_status_write = shape, now
-                last_status = now
-            if not progressed:
-                # Idle: sleep until a file changes, a pending flush is due, or the rescan.
-                wake_in = last_flush + due - time.time() if pending else min(poll, IDLE_TICK)
-                tailer.wait(max(0.0, wake_in))
-                # A chatty writer wakes us per line; reading at most every READ_PAUSE
-                # turns a thousand wake-ups a second into a few reads of many lines.
-                if not stop.requested:
-                    time.sleep(READ_PAUSE)
-        flush(time.time(), final=True)
-    finally:
-        tailer.stop()
-        writer.close()
-        log.info("%s stopped after %d events (%d rejected)", identity, ingest.accepted, ingest.rejected)
+    def flushed(self, ok: bool) -> None:
+        if not ok:
+            self.tailer.shed(16)  # if it was the descriptor limit (EMFILE), the next try finds one
+
+    def every_second(self, now: float) -> list[Sample]:
+        tailer = self.tailer
+        tailer.retire_quiet(time.monotonic(), max(5.0, 5 * self.poll))
+        gauges: list[Sample] = []
+        written = self._behind_written
+        for tf in tailer.files.values():
+            # Written when it changes (and now and then, so it does not expire): an unchanged
+            # gauge would otherwise make a flush, and a journal write, per second.
+            behind = tailer.behind(tf)
+            old = written.get(tf.path)
+            if old is None or old[0] != behind or now - old[1] >= GAUGE_REFRESH:
+                gauges.append((C.BYTES_BEHIND, (tf.path,), behind))
+                written[tf.path] = (behind, now)
+        if len(written) > len(tailer.files):  # files retired: forget them here too
+            self._behind_written = {tf.path: written[tf.path] for tf in tailer.files.values()
+                                    if tf.path in written}
+        return gauges
+
+    def status(self) -> dict[str, Any]:
+        return tail_status(self.tailer, self.patterns)
+
+    def status_shape(self) -> tuple[Any, ...]:
+        return (self.tailer.watch_mode, self.tailer.file_changes)
+
+    def wait(self, timeout: float) -> None:
+        self.tailer.wait(timeout)
+
+    def close(self) -> None:
+        self.tailer.stop()
 
 
 STATUS_SOURCES = 100  # files listed one by one in a tail worker's status; the rest are counted
 
 
-FORGET_EVERY = 30.0  # seconds between walks of the tail worker's series for expired ones
-
-
-def tail_status(tailer, patterns: list[str], ingest: Ingest, health: StateHealth) -> dict:
-    """What a tail worker reports: its totals, and the files one by one up to STATUS_SOURCES
+def tail_status(tailer: Any, patterns: list[str]) -> dict[str, Any]:
+    """What a tail worker reports (the loop adds the accepted and rejected totals and a state dir
+    error, as for every source): its files' totals, and the files one by one up to STATUS_SOURCES
     (rotated ones first, then those read most recently), so that with thousands of files
     the status a worker writes every few seconds stays small."""
     readable = tailer.readable()
@@ -215,9 +209,7 @@ def tail_status(tailer, patterns: list[str], ingest: Ingest, health: StateHealth
             "sources_not_listed": len(readable) - len(listed),
             # sources.max_open_files: how many are open, how many closed while idle.
             "open_files": tailer.open_count(), "closed_idle": len(tailer.parked),
-            "max_open_files": tailer.max_open, "open_refused": tailer.fd_refused,
-            "accepted": ingest.accepted, "rejected": ingest.rejected,
-            **({"error": health.error} if health.error else {})}
+            "max_open_files": tailer.max_open, "open_refused": tailer.fd_refused}
 
 
 class SocketSource:
