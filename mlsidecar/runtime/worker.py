@@ -224,7 +224,7 @@ class SocketSource:
     idle_wait = SOCKET_IDLE_WAIT
     settle = 0.0
 
-    def __init__(self, reader: Any, ledger: SocketLedger, ingest: Ingest,
+    def __init__(self, reader: SocketReader, ledger: SocketLedger, ingest: Ingest,
                  listeners: list[tuple[socket.socket, str]]):
         self.reader = reader
         self.wake = reader.wake
