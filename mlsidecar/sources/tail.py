@@ -221,7 +221,6 @@ MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
 COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by more than this
 MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked after this long
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
-MAX_LOOKS = 8  # scans a saved file is looked for while its siblings keep being renamed
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -261,7 +260,6 @@ class Identity:
     skipping: bool = False
     draining: bool = False
     mtime: float = 0.0  # the file's mtime when last seen unchanged: its copies are not older
-    looks: int = 0  # scans that looked for it in vain while siblings were being renamed
 
     @classmethod
     def from_position(cls, pos: dict) -> Identity:
@@ -665,9 +663,6 @@ class Tailer:
         # Generations created and rotated away while we were down were never seen.
         self._read_unseen(sorted(rotated), self._saved_at, saved)
         now = self.clock.time()
-        # Those looked for again (self._saved) are at the next scan: what was rotated unseen
-        # until now has been read, and may be let go before then.
-        self._saved_at = now
         self._missing.update((p, now) for p in rotated if not self.fs.lexists(p))
 
     def _resume(self, ident: Identity, rotated: set[str]) -> None:
@@ -675,8 +670,7 @@ class Tailer:
         in place, or in the file it was rotated to, or in a copy; ``rotated`` gets its path
         if it is not at its path any more."""
         path = ident.path
-        # Looked for again (its copy was being renamed): not in place then, read as new since.
-        found = self._resume_in_place(ident) if not ident.looks else None
+        found = self._resume_in_place(ident)
         if found == "resumed":
             return
         rotated.add(path)
@@ -848,15 +842,6 @@ class Tailer:
                 return True
             if found is False:
                 break
-        else:
-            if while_down and ident.looks < MAX_LOOKS:
-                # logrotate is still renaming (a thousand .N.gz shifted one up, the copy
-                # among them): looked for again at the next scan, the position kept meanwhile.
-                # Nothing is counted lost yet, and the copy is not taken for a new generation.
-                ident.looks += 1
-                self._saved.append(ident)
-                self.rescan = True
-                return False
         return self._no_copy(ident, path, while_down)
 
     def _find_copy(self, ident: Identity, path: str) -> bool | None:
@@ -972,19 +957,19 @@ class Tailer:
         for _attempt in range(4):
             vanished = False
             known = {tf.physical for tf in self.readable()}
-            idents = [*saved, *self._saved]  # and those still looked for
+            idents = list(saved)
             for path in paths:
                 try:
                     st = self.fs.stat(path)
                     known.add((st.st_dev, st.st_ino))
                 except FileNotFoundError:
                     pass
-                for _mtime, sibling, fd, orig, start in self._unseen_generations(path, known, since, idents):
+                for _mtime, sibling, fd, orig in self._unseen_generations(path, known, since, idents):
                     if fd is None:
                         vanished = True
                         continue
                     st = self.fs.fstat(fd)
-                    tf = TailedFile(path, fd, st, start, sibling, fs=self.fs, clock=self.clock)
+                    tf = TailedFile(path, fd, st, 0, sibling, fs=self.fs, clock=self.clock)
                     if sibling.endswith(COMPRESSED):
                         tf.decompressed = True  # orig: the .gz as listed, checked at the open
                         tf.dev, tf.ino = orig.st_dev, orig.st_ino
@@ -997,63 +982,44 @@ class Tailer:
                 return
 
     def _unseen_generations(self, path: str, known: set, since: float,
-                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result, int]]:
+                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result]]:
         """Rotated siblings written after ``since`` that we never had open, oldest first, each
         with a descriptor on it (None: it vanished or changed name meanwhile; look again).
 
-        A sibling that holds the bytes of a file we know is that file's compressed copy
-        (``compress``, or ``delaycompress`` after two rotations) or its plain copy
-        (``copytruncate``), not a new generation: skipped if open or read no further than a
-        saved position, else read on from that position (the offset in each tuple).
+        A compressed sibling that holds the bytes of a file we know is that file's compressed
+        copy (``compress``, or ``delaycompress`` after two rotations), not a new generation.
+        logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
+        truncate is seen, and are open by then.
         """
-        found: list[tuple[float, str, int | None, os.stat_result, int]] = []
-        taken: list[Identity] = []
+        found: list[tuple[float, str, int | None, os.stat_result]] = []
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
             try:
                 fd = self._open_sibling(p, st)
             except SiblingMoved:
-                found.append((st.st_mtime, p, None, st, 0))
+                found.append((st.st_mtime, p, None, st))
                 continue
             if fd is None:
                 if not self.fs.lexists(p):
-                    found.append((st.st_mtime, p, None, st, 0))
+                    found.append((st.st_mtime, p, None, st))
                 continue
             if not p.endswith(COMPRESSED):
                 now = self.fs.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
                     self.fs.close(fd)
-                    found.append((st.st_mtime, p, None, st, 0))
+                    found.append((st.st_mtime, p, None, st))
                     continue
-            compressed = p.endswith(COMPRESSED)
-            of: tuple[Identity, str] | None = None
-            try:
-                # A copy of an open file; or a file that holds what a saved position read:
-                # that file (or its copy), never read again from 0. The saved position applies.
-                copy = compressed and any(tf.holds_start_of(fd) for tf in self.readable())
-                if not copy:
-                    of = next(((i, k) for i in idents if (k := i.copy_kind(fd, self.fs))), None)
-                if of is not None and not compressed:
-                    # A plain generation may start as alike as another and be shorter: only one
-                    # that goes on past the position, with its bytes there, is that file.
-                    if of[1] != "behind":
-                        of = None
-                    elif any(tf.holds_start_of(fd) for tf in self.readable()):
-                        copy = True
-            except OSError:
-                copy, of = compressed, None
-            if not copy and of is not None and of[1] == "behind" and not any(i is of[0] for i in taken):
-                # Not open, so not found by its inode nor as a copy: read on from the position.
-                taken.append(of[0])  # one copy of it only (a .1 and its .1.gz, both whole)
-                if any(i is of[0] for i in self._saved):
-                    self._saved = [i for i in self._saved if i is not of[0]]  # looked for in vain
-                found.append((st.st_mtime, p, fd, st, of[0].offset))
-                continue
-            if copy or of is not None:
-                self.fs.close(fd)
-                continue
-            found.append((st.st_mtime, p, fd, st, 0))
+            else:
+                try:
+                    copy = any(tf.holds_start_of(fd) for tf in self.readable()) \
+                        or any(i.copy_kind(fd, self.fs) for i in idents)
+                except OSError:
+                    copy = True
+                if copy:
+                    self.fs.close(fd)
+                    continue
+            found.append((st.st_mtime, p, fd, st))
         found.sort(key=lambda x: x[0])
         return found
 
