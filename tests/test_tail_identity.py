@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mlsidecar.sources.tail import GAP_DELETED, HEAD_BYTES, Tailer
+from tests.tailing import drain
 
 
 def line(i: int) -> bytes:
@@ -22,22 +23,6 @@ def line(i: int) -> bytes:
 def write(path, seqs, mode="ab"):
     with open(path, mode) as fh:
         fh.write(b"".join(line(i) for i in seqs))
-
-
-def drain(t: Tailer, rounds: int = 3) -> list[int]:
-    """Scan and read until nothing more comes; the sequence numbers read."""
-    out = []
-    for _ in range(rounds):
-        t.scan()
-        for _ in range(50):
-            got = 0
-            for tf in t.readable():
-                lines = t.read(tf)
-                got += len(lines)
-                out += [int(x.rsplit(b":", 1)[1].rstrip(b"}\r")) for x in lines if x.strip()]
-            if not got:
-                break
-    return out
 
 
 def restart(t: Tailer, patterns, **kw) -> Tailer:

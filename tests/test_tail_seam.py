@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mlsidecar.sources.tail import GAP_DELETED, Clock, FileSystem, Tailer
+from tests.tailing import drain
 
 LOG = "/logs/app.jsonl"
 
@@ -186,23 +187,6 @@ def setup(patterns: list[str] | None = None, **kw: object) -> tuple[MemFS, FakeC
     gaps: list[tuple[str, str]] = []
     t = Tailer(patterns or [LOG], watch="poll", fs=fs, clock=clock, on_gap=lambda p, r: gaps.append((p, r)), **kw)
     return fs, clock, gaps, t
-
-
-def drain(t: Tailer, rounds: int = 3) -> list[int]:
-    """What the worker does: scan, read every open file until nothing more comes; the
-    sequence numbers read, in order."""
-    out: list[int] = []
-    for _ in range(rounds):
-        t.scan()
-        for _ in range(50):
-            got = 0
-            for tf in t.readable():
-                read = t.read(tf)
-                got += len(read)
-                out += [int(x.rsplit(b":", 1)[1].rstrip(b"}")) for x in read]
-            if not got:
-                break
-    return out
 
 
 def restart(t: Tailer, fs: MemFS, clock: FakeClock, gaps: list | None = None) -> Tailer:
