@@ -348,3 +348,70 @@ def test_generation_made_and_rotated_while_the_path_was_missing_is_read(tmp_path
     write(log, range(30, 33), "wb")
     assert drain(t) == list(range(10, 33))
     assert drain(t) == []
+
+
+class _ShiftingNames:
+    """The real filesystem, except that the first ``n`` opens of a ``.gz`` find the name gone:
+    logrotate shifting ``.N.gz`` to ``.N+1.gz`` (a thousand renames) while the tailer looks."""
+
+    def __init__(self, n: int):
+        from mlsidecar.sources.tail import REAL_FILES
+        self.real, self.left = REAL_FILES, n
+
+    def open(self, path, flags):
+        if path.endswith(".gz") and self.left > 0:
+            self.left -= 1
+            raise FileNotFoundError(path)
+        return self.real.open(path, flags)
+
+    def lexists(self, path):
+        return self.real.lexists(path) and not (path.endswith(".gz") and self.left > 0)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_compressed_copy_renamed_while_looked_for_is_not_read_again_from_its_start(tmp_path):
+    """delaycompress, two rotations while down, and the compressed copy's name shifting while
+    the restarted tailer looks for it: the copy is still found by its content later and read
+    from the saved position, never from 0 (the lines read before the stop are not counted twice)."""
+    log = tmp_path / "app.jsonl"
+    for i in range(40):  # older compressed generations, as logrotate leaves them
+        gz = tmp_path / f"app.jsonl.{i + 3}.gz"
+        with gzip.open(gz, "wb") as dst:
+            dst.write(b"".join(line(j) for j in range(-100 * (i + 1), -100 * i)))
+        os.utime(gz, (time.time() - 100 + i, time.time() - 100 + i))
+    write(log, range(200))
+    gaps = []
+    t = Tailer([str(log)], watch="poll")
+    assert drain(t) == list(range(200))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    write(log, range(200, 260))  # written after the stop
+    os.rename(log, tmp_path / "app.jsonl.1")  # first rotation
+    write(log, range(260, 300), "wb")
+    one = tmp_path / "app.jsonl.1"  # second rotation: .1 compressed, the live file becomes .1
+    with open(one, "rb") as src, gzip.open(tmp_path / "app.jsonl.2.gz", "wb") as dst:
+        dst.write(src.read())
+    st = os.stat(one)
+    os.utime(tmp_path / "app.jsonl.2.gz", (st.st_atime, st.st_mtime))  # logrotate keeps it
+    os.unlink(one)
+    os.rename(log, one)
+    write(log, range(300, 310), "wb")
+    fs = _ShiftingNames(400)
+    t2 = Tailer([str(log)], positions=saved, saved_at=at, watch="poll", fs=fs,
+                on_gap=lambda path, reason: gaps.append(reason))
+    got = drain(t2, rounds=2)
+    fs.left = 0  # logrotate is done renaming
+    os.rename(tmp_path / "app.jsonl.2.gz", tmp_path / "app.jsonl.3.gz.tmpname")
+    for i in range(42, 2, -1):
+        os.rename(tmp_path / f"app.jsonl.{i}.gz", tmp_path / f"app.jsonl.{i + 1}.gz")
+    os.rename(tmp_path / "app.jsonl.3.gz.tmpname", tmp_path / "app.jsonl.3.gz")
+    os.rename(one, tmp_path / "app.jsonl.2")  # a third rotation (its compression comes later)
+    os.rename(log, one)
+    write(log, range(310, 320), "wb")
+    got += drain(t2, rounds=12)
+    assert sorted(got) == list(range(200, 320)), \
+        f"{sum(q < 200 for q in got) + len(got) - len(set(got))} counted twice, " \
+        f"{sorted(set(range(200, 320)) - set(got))[:5]} lost"
+    assert gaps == []

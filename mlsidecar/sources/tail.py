@@ -221,6 +221,7 @@ MTIME_SLACK = 1.0  # file times come from a coarser clock than time.time()
 COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by more than this
 MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked after this long
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
+COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps renaming siblings
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -435,6 +436,10 @@ class Tailer:
         self.watch_mode = "poll"
         self._inotify: InotifyReader | None = None
         self._saved: list[Identity] = []
+        # Files whose copy could not be looked at (every sibling was renamed as we opened it:
+        # logrotate shifting .N.gz up), with when the looking began and whether the file went
+        # while we were down: looked for again at each scan, never taken for new generations.
+        self._sought: list[tuple[Identity, float, bool]] = []
         # inotify: the files written since the last read (absolute paths), and the directories
         # watched; files elsewhere are read at every wake-up, as when polling.
         self.dirty: set[str] = set()
@@ -557,6 +562,8 @@ class Tailer:
         self.rescan = False
         started = self.clock.time()
         since = self.listed_at
+        if self._sought:
+            self._look_for_copies_again()
         if self._saved:
             self._resume_saved()
         matched = set(self.matched_paths())
@@ -830,10 +837,15 @@ class Tailer:
             tf.mtime = physical.st_mtime
         return tf
 
-    def _finish_from_copy(self, ident: Identity, path: str, while_down: bool = False) -> bool:
+    def _finish_from_copy(self, ident: Identity, path: str, while_down: bool = False,
+                          since: float | None = None) -> bool:
         """Find a copy of a file we read up to ``ident.offset`` (logrotate's copytruncate copy,
         or a compressed generation) and read the rest from it. Count what is known lost, and,
-        ``while_down``, a file that was being written and is gone without a copy."""
+        ``while_down``, a file that was being written and is gone without a copy.
+
+        A copy that could not be looked at because its siblings were being renamed is looked
+        for again at the next scans (``since``: when the looking began), for COPY_LOOK seconds.
+        """
         if not ident.offset:
             return False
         for _attempt in range(4):  # look again if a sibling was renamed while we looked
@@ -842,7 +854,20 @@ class Tailer:
                 return True
             if found is False:
                 break
+        else:
+            now = self.clock.monotonic()
+            began = now if since is None else since
+            if now - began < COPY_LOOK:
+                self._sought.append((ident, began, while_down))
+                return False
         return self._no_copy(ident, path, while_down)
+
+    def _look_for_copies_again(self) -> None:
+        sought, self._sought = self._sought, []
+        for ident, began, while_down in sought:
+            if self._finish_from_copy(ident, ident.path, while_down, since=began):
+                log.info("%s: found the copy of the file read up to byte %d after logrotate's renames",
+                         ident.path, ident.offset)
 
     def _find_copy(self, ident: Identity, path: str) -> bool | None:
         """True: a copy was found and is being read; None: a sibling vanished, look again."""
@@ -957,7 +982,7 @@ class Tailer:
         for _attempt in range(4):
             vanished = False
             known = {tf.physical for tf in self.readable()}
-            idents = list(saved)
+            idents = [*saved, *(ident for ident, _, _ in self._sought)]
             for path in paths:
                 try:
                     st = self.fs.stat(path)
@@ -1167,9 +1192,14 @@ class Tailer:
         out = {key: tf.position() for key, tf in self._readable_by_key().items()}
         for key, ident in self._parked_by_key().items():
             out.setdefault(key, _saved_position(ident))
-        for i, ident in enumerate(self._saved):  # inode numbers may repeat among them: not a key
-            out.setdefault(f"saved-{i}", _saved_position(ident))
+        for key, ident in self._unresumed():  # inode numbers may repeat among them: not a key
+            out.setdefault(key, _saved_position(ident))
         return out
+
+    def _unresumed(self) -> list[tuple[str, Identity]]:
+        """Positions not open: saved ones not resumed yet, and those whose copy is sought."""
+        return [*((f"saved-{i}", ident) for i, ident in enumerate(self._saved)),
+                *((f"sought-{i}", ident) for i, (ident, _, _) in enumerate(self._sought))]
 
     def _readable_by_key(self) -> dict[str, TailedFile]:
         return {f"{tf.physical[0]}:{tf.physical[1]}": tf for tf in self.readable()}
@@ -1189,8 +1219,7 @@ class Tailer:
             now[key] = sig
             if last.get(key) != sig:
                 out[key] = tf.position()
-        for key, ident in [*self._parked_by_key().items(),
-                           *((f"saved-{i}", ident) for i, ident in enumerate(self._saved))]:
+        for key, ident in [*self._parked_by_key().items(), *self._unresumed()]:
             if key not in now:
                 sig = (ident.path, ident.dev, ident.ino, ident.offset, ident.size, ident.skipping,
                        ident.draining, ident.mtime, ident.head, ident.tail)
