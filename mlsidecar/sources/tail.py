@@ -944,9 +944,9 @@ class Tailer:
         """A descriptor on ``name``; for a compressed file, on a private decompressed copy.
 
         ``listed``: the file the name had when the directory was listed. logrotate shifts
-        ``.N.gz`` to ``.N+1.gz`` while we look; a name that holds another file by the open
-        raises SiblingMoved (the caller lists again), so a copy is never judged by, nor
-        recorded as, the file that had its name a moment ago.
+        ``.N.gz`` to ``.N+1.gz`` while we look; a name that holds another file by the open, or
+        none, raises SiblingMoved (the caller lists again), so a copy is never judged by, nor
+        recorded as, the file that had its name a moment ago, nor passed over as gone.
         """
         opener = next((o for ext, o in DECOMPRESS.items() if name.endswith(ext)), None)
         try:
@@ -967,7 +967,11 @@ class Tailer:
             out.close()
             return fd
         except FileNotFoundError:
-            return None  # renamed or removed by logrotate since it was listed: looked for again
+            if listed is not None:
+                # Listed a moment ago, gone now: renamed (its name may already hold the next
+                # file shifted up), so the caller lists again rather than taking it as absent.
+                raise SiblingMoved(name) from None
+            return None
         except (OSError, EOFError, lzma.LZMAError) as exc:
             log.warning("cannot read %s: %s", name, exc)
             return None
