@@ -16,6 +16,8 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from mlsidecar.sources.tail import GAP_DELETED, Clock, FileSystem, Tailer
 from tests.tailing import drain
 
@@ -154,6 +156,7 @@ class MemFS(FileSystem):
 
     @contextmanager
     def scandir(self, path: str) -> Iterator[list[Entry]]:
+        self._hook("scandir", path)
         yield [Entry(p, n) for p, n in sorted(self.names.items()) if os.path.dirname(p) == path]
 
     def lexists(self, path: str) -> bool:
@@ -409,6 +412,76 @@ def test_a_sibling_renamed_between_the_listing_and_the_open_is_not_passed_over()
                on_gap=lambda p, r: gaps.append((p, r)))
     assert drain(t) == list(range(200, 210)) + list(range(300, 310)) + list(range(400, 410))
     assert gaps == []
+
+
+def test_a_saved_file_shifted_up_between_its_lookup_and_its_open_is_finished_once() -> None:
+    """logrotate renames .1 -> .2 -> .3 while a restart finds the file it was reading by its
+    inode and opens it: the name then holds the next generation. The file is looked up again,
+    finished from its position, and never read from 0 as an unseen generation."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))  # generation A, read up to 100
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    fs.write(LOG, lines(range(100, 110)))  # written to A after the stop
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))  # B
+    clock.advance(5)
+    fs.rename(LOG + ".1", LOG + ".2")
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(300, 310)))  # C
+
+    def logrotate() -> None:  # A was found at .2; before the open, every name shifts up one
+        clock.advance(1)
+        fs.rename(LOG + ".2", LOG + ".3")
+        fs.rename(LOG + ".1", LOG + ".2")
+        fs.rename(LOG, LOG + ".1")
+        fs.write(LOG, lines(range(400, 410)))  # D
+
+    fs.before("open", LOG + ".2", logrotate)
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    got = drain(t)
+    assert sorted(got) == list(range(100, 110)) + list(range(200, 210)) + list(range(300, 310)) \
+        + list(range(400, 410)), got
+    assert gaps == []
+
+
+def _missed_by_listings(fs: MemFS, name: str, listings: int) -> None:
+    """The next ``listings`` directory listings miss ``name`` (a listing made while logrotate
+    renames can), the one after sees it again."""
+    hidden = "/elsewhere/" + os.path.basename(name)
+
+    def hide() -> None:
+        fs.rename(name, hidden)
+        for _ in range(listings - 1):
+            fs.before("scandir", os.path.dirname(name), lambda: None)
+        fs.before("scandir", os.path.dirname(name), lambda: fs.rename(hidden, name))
+
+    fs.before("scandir", os.path.dirname(name), hide)
+
+
+@pytest.mark.parametrize("listings", [1, 2], ids=["lookup", "lookup-and-copy-search"])
+def test_a_saved_file_a_listing_missed_is_finished_from_its_position(listings: int) -> None:
+    """The restart's lookup by inode (and then its search for a copy) does not see the file it
+    was reading: the next look that sees it goes on from the saved position, never from 0."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    fs.write(LOG, lines(range(100, 110)))
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))
+    _missed_by_listings(fs, LOG + ".1", listings)
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    got = drain(t)
+    assert sorted(got) == list(range(100, 110)) + list(range(200, 210)), got
+    if listings == 1:
+        assert gaps == []  # found by the copy search, as the file itself
 
 
 def test_a_file_renamed_away_between_the_stat_and_the_open_is_read_once() -> None:

@@ -691,13 +691,21 @@ class Tailer:
             if old is None:
                 break
             tf = self._open_verified(ident, old)
-            if tf is not None or self.fs.lexists(old):
-                break
+            if tf is not None or not self._moved(old, ident):
+                break  # found; or there and changed (truncated, rewritten): finished from a copy
         if tf is not None:
             self._retire(tf, path)
             log.info("%s was rotated to %s while stopped or closed; finishing it", path, old)
             return
         self._finish_from_copy(ident, path, while_down=True)
+
+    def _moved(self, name: str, ident: Identity) -> bool:
+        """Does ``name`` no longer hold the file of ``ident`` (gone, or another file shifted in)?"""
+        try:
+            st = self.fs.stat(name)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != (ident.dev, ident.ino)
 
     # --- a bounded set of open files ---------------------------------------------
     def open_count(self) -> int:
@@ -883,6 +891,15 @@ class Tailer:
         for st, sibling in sorted(candidates, key=lambda x: (x[0].st_mtime < ident.mtime - MTIME_SLACK,
                                                              x[0].st_mtime)):
             key = (st.st_dev, st.st_ino)
+            if key == (ident.dev, ident.ino) and key not in open_inodes:
+                # The file itself, under a name it was renamed to after it was looked up by its
+                # inode (logrotate shifting names): went on in from the position, not a copy.
+                tf = self._open_verified(ident, sibling)
+                if tf is not None:
+                    self._retire(tf, path)
+                    log.info("%s was rotated to %s while stopped or closed; finishing it", path, sibling)
+                    return True
+                continue
             if key == (ident.dev, ident.ino) or key in open_inodes or st.st_size == 0:
                 continue
             if sibling.endswith(COMPRESSED):
@@ -993,12 +1010,12 @@ class Tailer:
                     known.add((st.st_dev, st.st_ino))
                 except FileNotFoundError:
                     pass
-                for _mtime, sibling, fd, orig in self._unseen_generations(path, known, since, idents):
+                for _mtime, sibling, fd, orig, start in self._unseen_generations(path, known, since, idents):
                     if fd is None:
                         vanished = True
                         continue
                     st = self.fs.fstat(fd)
-                    tf = TailedFile(path, fd, st, 0, sibling, fs=self.fs, clock=self.clock)
+                    tf = TailedFile(path, fd, st, start, sibling, fs=self.fs, clock=self.clock)
                     if sibling.endswith(COMPRESSED):
                         tf.decompressed = True  # orig: the .gz as listed, checked at the open
                         tf.dev, tf.ino = orig.st_dev, orig.st_ino
@@ -1011,33 +1028,45 @@ class Tailer:
                 return
 
     def _unseen_generations(self, path: str, known: set, since: float,
-                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result]]:
+                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result, int]]:
         """Rotated siblings written after ``since`` that we never had open, oldest first, each
         with a descriptor on it (None: it vanished or changed name meanwhile; look again).
 
         A compressed sibling that holds the bytes of a file we know is that file's compressed
         copy (``compress``, or ``delaycompress`` after two rotations), not a new generation.
         logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
-        truncate is seen, and are open by then.
+        truncate is seen, and are open by then. A plain sibling that is the very file a saved
+        position read (its inode, and its bytes at that position) is read on from there: the
+        last item of each tuple is where to start.
         """
-        found: list[tuple[float, str, int | None, os.stat_result]] = []
+        found: list[tuple[float, str, int | None, os.stat_result, int]] = []
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
             try:
                 fd = self._open_sibling(p, st)
             except SiblingMoved:
-                found.append((st.st_mtime, p, None, st))
+                found.append((st.st_mtime, p, None, st, 0))
                 continue
             if fd is None:
                 if not self.fs.lexists(p):
-                    found.append((st.st_mtime, p, None, st))
+                    found.append((st.st_mtime, p, None, st, 0))
                 continue
             if not p.endswith(COMPRESSED):
                 now = self.fs.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
                     self.fs.close(fd)
-                    found.append((st.st_mtime, p, None, st))
+                    found.append((st.st_mtime, p, None, st, 0))
+                    continue
+                try:
+                    start = next((i.offset for i in idents if (i.dev, i.ino) == (st.st_dev, st.st_ino)
+                                  and i.offset and i.same_file(fd, self.fs)), 0)
+                except OSError:
+                    start = 0
+                if start:
+                    # A file a saved position read, missed by the lookups (a directory listing
+                    # can miss a name renamed while it is read): read on from that position.
+                    found.append((st.st_mtime, p, fd, st, start))
                     continue
             else:
                 try:
@@ -1048,7 +1077,7 @@ class Tailer:
                 if copy:
                     self.fs.close(fd)
                     continue
-            found.append((st.st_mtime, p, fd, st))
+            found.append((st.st_mtime, p, fd, st, 0))
         found.sort(key=lambda x: x[0])
         return found
 
