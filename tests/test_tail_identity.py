@@ -415,3 +415,28 @@ def test_compressed_copy_renamed_while_looked_for_is_not_read_again_from_its_sta
         f"{sum(q < 200 for q in got) + len(got) - len(set(got))} counted twice, " \
         f"{sorted(set(range(200, 320)) - set(got))[:5]} lost"
     assert gaps == []
+
+
+def test_a_generation_caught_while_logrotate_compresses_it_is_read_once(tmp_path):
+    """Stopped across two delaycompress rotations, restarted while logrotate is compressing the
+    unseen middle generation: ``.1`` and its ``.1.gz`` both exist. The generation is read once."""
+    log = str(tmp_path / "app.jsonl")
+    write(log, range(100))  # A
+    t = Tailer([log], watch="poll")
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    time.sleep(0.01)
+    os.rename(log, log + ".1")  # A rotated
+    write(log, range(100, 150), "wb")  # B, never seen
+    with open(log + ".1", "rb") as src, gzip.open(log + ".2.gz", "wb") as dst:
+        dst.write(src.read())  # A compressed ...
+    os.unlink(log + ".1")
+    os.rename(log, log + ".1")  # ... B rotated
+    write(log, range(150, 160), "wb")  # C
+    with open(log + ".1", "rb") as src, gzip.open(log + ".1.gz", "wb") as dst:
+        dst.write(src.read())  # logrotate now compressing B: .1 not removed yet
+    t2 = Tailer([log], positions=saved, saved_at=at, watch="poll")
+    got = drain(t2)
+    assert sorted(got) == list(range(100, 160)), \
+        f"{len(got) - len(set(got))} counted twice, {sorted(set(range(100, 160)) - set(got))[:5]} lost"

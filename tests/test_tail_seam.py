@@ -484,6 +484,22 @@ def test_a_saved_file_a_listing_missed_is_finished_from_its_position(listings: i
         assert gaps == []  # found by the copy search, as the file itself
 
 
+def test_the_file_logrotate_moves_aside_as_a_backup_is_read() -> None:
+    """The workload opened the log by name between logrotate's rename and its create, so the
+    path existed again; logrotate moved that file, with its lines, to ``-YYYYMMDDHH.backup``."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(10)))
+    assert drain(t) == list(range(10))
+    clock.advance(1)
+    fs.rename(LOG, LOG + "-20261201-101500")  # dateext
+    fs.write(LOG, lines(range(10, 15)))  # the workload creates it again at once
+    fs.rename(LOG, LOG + "-2026120110.backup")  # logrotate finds it in the way of its create
+    fs.create(LOG)
+    fs.write(LOG, lines(range(15, 20)))
+    assert sorted(drain(t)) == list(range(10, 20))
+    assert gaps == []
+
+
 def test_a_file_renamed_away_between_the_stat_and_the_open_is_read_once() -> None:
     fs, clock, gaps, t = setup()
     fs.write(LOG, lines(range(10)))

@@ -225,8 +225,10 @@ COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps ren
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
-# logrotate's own side files: a backup of a rotated file it found in the way, temporaries.
-NOT_GENERATIONS = (".backup", ".tmp", ".swp")
+# Temporaries, never generations. logrotate's ``<log>-YYYYMMDDHH.backup`` is one: the file the
+# workload had already created again at the path when logrotate came to create it (between
+# logrotate's rename and its create), moved out of the way with the lines written to it.
+NOT_GENERATIONS = (".tmp", ".swp")
 
 # Why part of a source could not be read (mlsidecar_source_gaps_total{reason}).
 GAP_DELETED = "deleted_unread"  # a known generation was removed before it was read to its end
@@ -299,6 +301,12 @@ class Identity:
         if size > start and fs.pread(fd, size - start, start) != self.tail[:size - start]:
             return None
         return "covered"
+
+
+def same_start(fs: FileSystem, a: int, b: int) -> bool:
+    """Do two files start with the same bytes (up to HEAD_BYTES, or the shorter one's size)?"""
+    n = min(HEAD_BYTES, fs.fstat(a).st_size, fs.fstat(b).st_size)
+    return n > 0 and fs.pread(a, n, 0) == fs.pread(b, n, 0)
 
 
 @dataclass
@@ -381,8 +389,7 @@ class TailedFile:
         """Does this open file start with the bytes ``fd`` starts with (up to HEAD_BYTES)?
         Asked of the file itself, not of what was read from it: a copy of a file that was
         barely read yet is still recognised."""
-        n = min(HEAD_BYTES, self.fs.fstat(fd).st_size, self.fs.fstat(self.fd).st_size)
-        return n > 0 and self.fs.pread(fd, n, 0) == self.fs.pread(self.fd, n, 0)
+        return same_start(self.fs, fd, self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -1078,6 +1085,17 @@ class Tailer:
                     self.fs.close(fd)
                     continue
             found.append((st.st_mtime, p, fd, st, 0))
+        # logrotate compressing ``.1`` into ``.1.gz`` has both for a moment: the plain one is
+        # the generation (the compressed one may be half written), read once.
+        plain = [g[2] for g in found if g[2] is not None and not g[1].endswith(COMPRESSED)]
+        for g in [g for g in found if g[2] is not None and g[1].endswith(COMPRESSED)]:
+            try:
+                copy = any(same_start(self.fs, g[2], fd) for fd in plain)
+            except OSError:
+                copy = False
+            if copy:
+                self.fs.close(g[2])
+                found.remove(g)
         found.sort(key=lambda x: x[0])
         return found
 
