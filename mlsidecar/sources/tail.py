@@ -1087,14 +1087,17 @@ class Tailer:
             found.append((st.st_mtime, p, fd, st, 0))
         # logrotate compressing ``.1`` into ``.1.gz`` has both for a moment: the plain one is
         # the generation (the compressed one may be half written), read once.
-        plain = [g[2] for g in found if g[2] is not None and not g[1].endswith(COMPRESSED)]
-        for g in [g for g in found if g[2] is not None and g[1].endswith(COMPRESSED)]:
+        plain = [fd for _, name, fd, _, _ in found if fd is not None and not name.endswith(COMPRESSED)]
+        for g in list(found):
+            gz = g[2]
+            if gz is None or not g[1].endswith(COMPRESSED):
+                continue
             try:
-                copy = any(same_start(self.fs, g[2], fd) for fd in plain)
+                copy = any(same_start(self.fs, gz, fd) for fd in plain)
             except OSError:
                 copy = False
             if copy:
-                self.fs.close(g[2])
+                self.fs.close(gz)
                 found.remove(g)
         found.sort(key=lambda x: x[0])
         return found
