@@ -440,3 +440,66 @@ def test_a_generation_caught_while_logrotate_compresses_it_is_read_once(tmp_path
     got = drain(t2)
     assert sorted(got) == list(range(100, 160)), \
         f"{len(got) - len(set(got))} counted twice, {sorted(set(range(100, 160)) - set(got))[:5]} lost"
+
+
+class _ListingMisses:
+    """The real filesystem, except that the next ``n`` directory listings miss names ending in
+    ``hidden``: a listing made while logrotate renames can miss a name renamed meanwhile."""
+
+    def __init__(self, n: int, hidden: str):
+        from mlsidecar.sources.tail import REAL_FILES
+        self.real, self.left, self.hidden = REAL_FILES, n, hidden
+
+    def scandir(self, path):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def listing():
+            with self.real.scandir(path) as it:
+                entries = list(it)
+            if self.left > 0:
+                self.left -= 1
+                entries = [e for e in entries if not e.name.endswith(self.hidden)]
+            yield iter(entries)
+
+        return listing()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_copy_the_listings_missed_is_not_read_again_when_it_shows_up(tmp_path):
+    """The restart's look for the compressed copy of the file it had read does not see it (the
+    listings were made while logrotate renamed); a later look sees it: it is that file's copy,
+    never a new generation read from 0."""
+    log = str(tmp_path / "app.jsonl")
+    write(log, range(100))  # A
+    t = Tailer([log], watch="poll")
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    time.sleep(0.01)
+    os.rename(log, log + ".1")
+    write(log, range(100, 150), "wb")  # B
+    with open(log + ".1", "rb") as src, gzip.open(log + ".2.gz", "wb") as dst:
+        dst.write(src.read())  # A compressed (delaycompress, second rotation)
+    st = os.stat(log + ".1")
+    os.utime(log + ".2.gz", (st.st_atime, st.st_mtime))
+    os.unlink(log + ".1")
+    os.rename(log, log + ".1")
+    write(log, range(150, 160), "wb")  # C
+    t2 = Tailer([log], positions=saved, saved_at=at, watch="poll", fs=_ListingMisses(4, ".2.gz"))
+    got = drain(t2, rounds=1)
+    # The next rotation (B compressed, names shifted up): the look after it sees A's copy.
+    with open(log + ".1", "rb") as src, gzip.open(log + ".1.gz", "wb") as dst:
+        dst.write(src.read())
+    st = os.stat(log + ".1")
+    os.utime(log + ".1.gz", (st.st_atime, st.st_mtime))
+    os.unlink(log + ".1")
+    os.rename(log + ".2.gz", log + ".3.gz")
+    os.rename(log + ".1.gz", log + ".2.gz")
+    os.rename(log, log + ".1")
+    write(log, range(160, 170), "wb")  # D
+    got += drain(t2)
+    assert sorted(got) == list(range(100, 170)), \
+        f"{sum(q < 100 for q in got)} counted twice, {sorted(set(range(100, 170)) - set(got))[:5]} lost"

@@ -222,6 +222,7 @@ COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by
 MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked after this long
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps renaming siblings
+GONE_KEEP = 60.0  # seconds a file found without a copy is still known: a copy seen later is not new
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -447,6 +448,9 @@ class Tailer:
         # logrotate shifting .N.gz up), with when the looking began and whether the file went
         # while we were down: looked for again at each scan, never taken for new generations.
         self._sought: list[tuple[Identity, float, bool]] = []
+        # Files given up on (no copy found), with when to forget them: a copy that shows up
+        # later (a listing made while logrotate renames can miss it) is not a new generation.
+        self._gone: list[tuple[Identity, float]] = []
         # inotify: the files written since the last read (absolute paths), and the directories
         # watched; files elsewhere are read at every wake-up, as when polling.
         self.dirty: set[str] = set()
@@ -684,6 +688,7 @@ class Tailer:
         in place, or in the file it was rotated to, or in a copy; ``rotated`` gets its path
         if it is not at its path any more."""
         path = ident.path
+        log.debug("%s: resuming inode %d at byte %d (draining %s)", path, ident.ino, ident.offset, ident.draining)
         found = self._resume_in_place(ident)
         if found == "resumed":
             return
@@ -863,16 +868,21 @@ class Tailer:
         """
         if not ident.offset:
             return False
+        misses = 0
         for _attempt in range(4):  # look again if a sibling was renamed while we looked
             found = self._find_copy(ident, path)
             if found:
                 return True
             if found is False:
-                break
+                misses += 1
+                if misses == 2:  # two listings agree (one made while logrotate renames can miss a name)
+                    break
         else:
             now = self.clock.monotonic()
             began = now if since is None else since
             if now - began < COPY_LOOK:
+                log.debug("%s: siblings renamed while looking for the copy of inode %d: looked for again",
+                          path, ident.ino)
                 self._sought.append((ident, began, while_down))
                 return False
         return self._no_copy(ident, path, while_down)
@@ -908,10 +918,13 @@ class Tailer:
                     return True
                 continue
             if key == (ident.dev, ident.ino) or key in open_inodes or st.st_size == 0:
+                log.debug("%s: %s skipped looking for inode %d (open %s, size %d)", path, sibling, ident.ino,
+                          key in open_inodes, st.st_size)
                 continue
             if sibling.endswith(COMPRESSED):
                 compressed_tries += 1
                 if compressed_tries > MAX_COMPRESSED_TRIES:
+                    log.debug("%s: %s not tried for inode %d (too many)", path, sibling, ident.ino)
                     continue
             try:
                 fd = self._open_sibling(sibling, st)
@@ -926,6 +939,7 @@ class Tailer:
             except OSError:
                 kind = None
             if kind is None:
+                log.debug("%s: %s is not a copy of inode %d", path, sibling, ident.ino)
                 self.fs.close(fd)
                 continue
             size = self.fs.fstat(fd).st_size
@@ -949,6 +963,10 @@ class Tailer:
 
     def _no_copy(self, ident: Identity, path: str, while_down: bool) -> bool:
         """No copy of a file we read up to ``ident.offset``: count what may be lost."""
+        now = self.clock.monotonic()
+        self._gone = [g for g in self._gone if g[1] > now] + [(ident, now + GONE_KEEP)]
+        log.debug("%s: no copy of inode %d (read to byte %d of %d, draining %s)", path, ident.ino,
+                  ident.offset, ident.size, ident.draining)
         if ident.size > ident.offset:
             log.warning("%s: truncated or removed before %d bytes were read, and no copy was found: "
                         "lost", path, ident.size - ident.offset)
@@ -1010,7 +1028,7 @@ class Tailer:
         for _attempt in range(4):
             vanished = False
             known = {tf.physical for tf in self.readable()}
-            idents = [*saved, *(ident for ident, _, _ in self._sought)]
+            idents = [*saved, *(ident for ident, _, _ in self._sought), *(ident for ident, _ in self._gone)]
             for path in paths:
                 try:
                     st = self.fs.stat(path)
