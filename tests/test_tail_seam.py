@@ -500,6 +500,36 @@ def test_the_file_logrotate_moves_aside_as_a_backup_is_read() -> None:
     assert gaps == []
 
 
+def test_an_unseen_generation_that_keeps_moving_while_looked_at_is_read_at_a_later_look() -> None:
+    """Every open of the unseen generation finds its name moved on (logrotate shifting a
+    thousand names takes a while): it is looked at again at the next scans, not passed over."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))  # A, read whole
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(1)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(100, 150)))  # B, never seen
+    clock.advance(1)
+    fs.rename(LOG + ".1", LOG + ".2")
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(150, 160)))  # C
+    real_open, moving = fs.open, [6]
+
+    def open_moving(path: str, flags: int, mode: int = 0o777) -> int:
+        if path == LOG + ".1" and moving[0] > 0:
+            moving[0] -= 1
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return real_open(path, flags, mode)
+
+    fs.open = open_moving  # type: ignore[method-assign]
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    assert sorted(drain(t)) == list(range(100, 160))
+    assert moving == [0] and gaps == []
+
+
 def test_a_file_renamed_away_between_the_stat_and_the_open_is_read_once() -> None:
     fs, clock, gaps, t = setup()
     fs.write(LOG, lines(range(10)))

@@ -222,6 +222,7 @@ COPY_SLACK = 10.0  # a copy is not older than the file's last verified change by
 MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked after this long
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps renaming siblings
+MAX_UNSEEN_LOOKS = 50  # scans that look again at siblings that kept moving while looked at
 GONE_KEEP = 60.0  # seconds a file found without a copy is still known: a copy seen later is not new
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -451,6 +452,9 @@ class Tailer:
         # Files given up on (no copy found), with when to forget them: a copy that shows up
         # later (a listing made while logrotate renames can miss it) is not a new generation.
         self._gone: list[tuple[Identity, float]] = []
+        # Paths whose unseen generations kept moving while we looked (logrotate shifting a
+        # thousand names): looked at again at the next scans, from the same time, and the looks.
+        self._unseen_again: dict[str, tuple[float, int]] = {}
         # inotify: the files written since the last read (absolute paths), and the directories
         # watched; files elsewhere are read at every wake-up, as when polling.
         self.dirty: set[str] = set()
@@ -575,6 +579,10 @@ class Tailer:
         since = self.listed_at
         if self._sought:
             self._look_for_copies_again()
+        if self._unseen_again:
+            again, self._unseen_again = self._unseen_again, {}
+            for path, (at, looks) in sorted(again.items()):
+                self._read_unseen([path], at, looks=looks + 1)
         if self._saved:
             self._resume_saved()
         matched = set(self.matched_paths())
@@ -1018,12 +1026,14 @@ class Tailer:
             log.warning("cannot read %s: %s", name, exc)
             return None
 
-    def _read_unseen(self, paths: list[str], since: float, saved: Sequence[Identity] = ()) -> None:
+    def _read_unseen(self, paths: list[str], since: float, saved: Sequence[Identity] = (),
+                     looks: int = 0) -> None:
         """Read whole, oldest first, the rotated siblings of ``paths`` written after ``since``
         that are neither open nor a compressed copy of a file we know (open, or ``saved``).
 
         logrotate may rename siblings while we look: a sibling that vanished between the
-        listing and the open sends us round again (a few times), so none is passed over.
+        listing and the open sends us round again (a few times), and then to the next scans
+        (up to MAX_UNSEEN_LOOKS), so none is passed over.
         """
         for _attempt in range(4):
             vanished = False
@@ -1051,6 +1061,14 @@ class Tailer:
                     log.info("%s: reading %s, a generation rotated away unseen", path, sibling)
             if not vanished:
                 return
+        if looks < MAX_UNSEEN_LOOKS:
+            log.debug("%s: siblings kept moving while looked at: looked at again at the next scan", paths)
+            for path in paths:
+                at, n = self._unseen_again.get(path, (since, looks))
+                self._unseen_again[path] = (min(at, since), max(n, looks))
+        else:
+            log.warning("%s: rotated siblings kept moving for %d looks; generations among them may "
+                        "be passed over", ", ".join(paths), looks)
 
     def _unseen_generations(self, path: str, known: set, since: float,
                             idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result, int]]:
