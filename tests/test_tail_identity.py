@@ -25,6 +25,25 @@ def write(path, seqs, mode="ab"):
         fh.write(b"".join(line(i) for i in seqs))
 
 
+def read_then_stop(log: str, seqs) -> tuple[dict, float]:
+    """Write and read ``seqs``, then stop: the positions and listing time a restart is given."""
+    write(log, seqs)
+    t = Tailer([log], watch="poll")
+    assert drain(t) == list(seqs)
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    time.sleep(0.01)
+    return saved, at
+
+
+def gzip_to(src: str, dst: str) -> None:
+    """What logrotate's compress makes: a gzip copy with the source's times."""
+    with open(src, "rb") as fh, gzip.open(dst, "wb") as out:
+        out.write(fh.read())
+    st = os.stat(src)
+    os.utime(dst, (st.st_atime, st.st_mtime))
+
+
 def restart(t: Tailer, patterns, **kw) -> Tailer:
     """What a crash and a new start do: positions (and the listing time) as last flushed."""
     saved, at = t.positions(), t.listed_at
@@ -421,12 +440,7 @@ def test_a_generation_caught_while_logrotate_compresses_it_is_read_once(tmp_path
     """Stopped across two delaycompress rotations, restarted while logrotate is compressing the
     unseen middle generation: ``.1`` and its ``.1.gz`` both exist. The generation is read once."""
     log = str(tmp_path / "app.jsonl")
-    write(log, range(100))  # A
-    t = Tailer([log], watch="poll")
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
-    time.sleep(0.01)
+    saved, at = read_then_stop(log, range(100))  # A
     os.rename(log, log + ".1")  # A rotated
     write(log, range(100, 150), "wb")  # B, never seen
     with open(log + ".1", "rb") as src, gzip.open(log + ".2.gz", "wb") as dst:
@@ -473,28 +487,17 @@ def test_a_copy_the_listings_missed_is_not_read_again_when_it_shows_up(tmp_path)
     listings were made while logrotate renamed); a later look sees it: it is that file's copy,
     never a new generation read from 0."""
     log = str(tmp_path / "app.jsonl")
-    write(log, range(100))  # A
-    t = Tailer([log], watch="poll")
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
-    time.sleep(0.01)
+    saved, at = read_then_stop(log, range(100))  # A
     os.rename(log, log + ".1")
     write(log, range(100, 150), "wb")  # B
-    with open(log + ".1", "rb") as src, gzip.open(log + ".2.gz", "wb") as dst:
-        dst.write(src.read())  # A compressed (delaycompress, second rotation)
-    st = os.stat(log + ".1")
-    os.utime(log + ".2.gz", (st.st_atime, st.st_mtime))
+    gzip_to(log + ".1", log + ".2.gz")  # A compressed (delaycompress, second rotation)
     os.unlink(log + ".1")
     os.rename(log, log + ".1")
     write(log, range(150, 160), "wb")  # C
     t2 = Tailer([log], positions=saved, saved_at=at, watch="poll", fs=_ListingMisses(4, ".2.gz"))
     got = drain(t2, rounds=1)
     # The next rotation (B compressed, names shifted up): the look after it sees A's copy.
-    with open(log + ".1", "rb") as src, gzip.open(log + ".1.gz", "wb") as dst:
-        dst.write(src.read())
-    st = os.stat(log + ".1")
-    os.utime(log + ".1.gz", (st.st_atime, st.st_mtime))
+    gzip_to(log + ".1", log + ".1.gz")
     os.unlink(log + ".1")
     os.rename(log + ".2.gz", log + ".3.gz")
     os.rename(log + ".1.gz", log + ".2.gz")

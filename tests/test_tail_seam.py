@@ -184,6 +184,15 @@ def lines(seqs: range | list[int]) -> bytes:
     return b"".join(line(i) for i in seqs)
 
 
+def shift_up(fs: MemFS, new: bytes) -> None:
+    """logrotate's rotation of .1 and .2 with names shifting up one, and the new file's lines."""
+    if fs.lexists(LOG + ".2"):
+        fs.rename(LOG + ".2", LOG + ".3")
+    fs.rename(LOG + ".1", LOG + ".2")
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, new)
+
+
 def setup(patterns: list[str] | None = None, **kw: object) -> tuple[MemFS, FakeClock, list[tuple[str, str]], Tailer]:
     clock = FakeClock()
     fs = MemFS(clock)
@@ -396,16 +405,11 @@ def test_a_sibling_renamed_between_the_listing_and_the_open_is_not_passed_over()
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(200, 210)))  # B
     clock.advance(5)
-    fs.rename(LOG + ".1", LOG + ".2")
-    fs.rename(LOG, LOG + ".1")
-    fs.write(LOG, lines(range(300, 310)))  # C
+    shift_up(fs, lines(range(300, 310)))  # C
 
     def logrotate() -> None:  # runs after the directory was listed, before .1 is opened
         clock.advance(5)
-        fs.rename(LOG + ".2", LOG + ".3")
-        fs.rename(LOG + ".1", LOG + ".2")
-        fs.rename(LOG, LOG + ".1")
-        fs.write(LOG, lines(range(400, 410)))  # D
+        shift_up(fs, lines(range(400, 410)))  # D
 
     fs.before("open", LOG + ".1", logrotate)
     t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
@@ -428,16 +432,11 @@ def test_a_saved_file_shifted_up_between_its_lookup_and_its_open_is_finished_onc
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(200, 210)))  # B
     clock.advance(5)
-    fs.rename(LOG + ".1", LOG + ".2")
-    fs.rename(LOG, LOG + ".1")
-    fs.write(LOG, lines(range(300, 310)))  # C
+    shift_up(fs, lines(range(300, 310)))  # C
 
     def logrotate() -> None:  # A was found at .2; before the open, every name shifts up one
         clock.advance(1)
-        fs.rename(LOG + ".2", LOG + ".3")
-        fs.rename(LOG + ".1", LOG + ".2")
-        fs.rename(LOG, LOG + ".1")
-        fs.write(LOG, lines(range(400, 410)))  # D
+        shift_up(fs, lines(range(400, 410)))  # D
 
     fs.before("open", LOG + ".2", logrotate)
     t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
