@@ -223,7 +223,6 @@ MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked a
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps renaming siblings
 MAX_UNSEEN_LOOKS = 50  # scans that look again at siblings that kept moving while looked at
-GONE_KEEP = 60.0  # seconds a file found without a copy is still known: a copy seen later is not new
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -449,9 +448,6 @@ class Tailer:
         # logrotate shifting .N.gz up), with when the looking began and whether the file went
         # while we were down: looked for again at each scan, never taken for new generations.
         self._sought: list[tuple[Identity, float, bool]] = []
-        # Files given up on (no copy found), with when to forget them: a copy that shows up
-        # later (a listing made while logrotate renames can miss it) is not a new generation.
-        self._gone: list[tuple[Identity, float]] = []
         # Paths whose unseen generations kept moving while we looked (logrotate shifting a
         # thousand names): looked at again at the next scans, from the same time, and the looks.
         self._unseen_again: dict[str, tuple[float, int]] = {}
@@ -876,15 +872,12 @@ class Tailer:
         """
         if not ident.offset:
             return False
-        misses = 0
         for _attempt in range(4):  # look again if a sibling was renamed while we looked
             found = self._find_copy(ident, path)
             if found:
                 return True
             if found is False:
-                misses += 1
-                if misses == 2:  # two listings agree (one made while logrotate renames can miss a name)
-                    break
+                break
         else:
             now = self.clock.monotonic()
             began = now if since is None else since
@@ -971,8 +964,6 @@ class Tailer:
 
     def _no_copy(self, ident: Identity, path: str, while_down: bool) -> bool:
         """No copy of a file we read up to ``ident.offset``: count what may be lost."""
-        now = self.clock.monotonic()
-        self._gone = [g for g in self._gone if g[1] > now] + [(ident, now + GONE_KEEP)]
         log.debug("%s: no copy of inode %d (read to byte %d of %d, draining %s)", path, ident.ino,
                   ident.offset, ident.size, ident.draining)
         if ident.size > ident.offset:
@@ -1038,7 +1029,7 @@ class Tailer:
         for _attempt in range(4):
             vanished = False
             known = {tf.physical for tf in self.readable()}
-            idents = [*saved, *(ident for ident, _, _ in self._sought), *(ident for ident, _ in self._gone)]
+            idents = [*saved, *(ident for ident, _, _ in self._sought)]
             for path in paths:
                 try:
                     st = self.fs.stat(path)
