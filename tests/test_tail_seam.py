@@ -603,3 +603,15 @@ def test_more_files_than_may_be_open_are_closed_while_idle_and_lose_nothing() ->
     assert sorted(got) == [i * 100 + j for i in range(5) for j in range(10, 20)]
     fs.write(names[3], b"399}\n")
     assert drain(t, rounds=6) == [399] and len(fs.fds) <= 2 and gaps == []
+
+
+def test_a_file_written_just_before_it_is_closed_while_idle_is_read() -> None:
+    """Lines appended after the look that found the file idle and before it was closed are read
+    when it is looked at next, although it is not written again."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(10)))
+    assert drain(t) == list(range(10))
+    fs.write(LOG, lines(range(10, 15)))  # after the look, before the close
+    t.park(t.files[LOG])
+    assert drain(t) == list(range(10, 15))
+    assert gaps == []

@@ -764,7 +764,10 @@ class Tailer:
         st = self.fs.fstat(tf.fd)
         tf.read_to = tf.offset  # a partial line is read again when reopened
         tf.partial = b""
-        self.parked[(tf.dev, tf.ino)] = Parked(tf.identity(), tf.lines, (st.st_size, st.st_mtime_ns))
+        # Written since it was last read (between the look that found it idle and now): looked
+        # at again at once, not taken as unchanged from this size on (that line was never read).
+        checked = (st.st_size, st.st_mtime_ns) if st.st_size <= tf.offset else (-1, 0)
+        self.parked[(tf.dev, tf.ino)] = Parked(tf.identity(), tf.lines, checked)
         del self.files[tf.path]
         tf.close()
         self.parked_total += 1
