@@ -825,11 +825,7 @@ class Tailer:
         if tf is not None:
             self.files[ident.path] = tf
             return "resumed"
-        try:
-            now = self.fs.stat(ident.path)
-        except FileNotFoundError:
-            now = None
-        if now is None or (now.st_dev, now.st_ino) != (ident.dev, ident.ino):
+        if self._moved(ident.path, ident):
             return None  # renamed away between the look and the open: looked for by its inode
         log.info("%s changed while stopped (truncated or replaced); reading it from the start",
                  ident.path)
