@@ -77,13 +77,15 @@ class _Stored:
     """What start-up read of one metric file: its entries, the parts of each entry's key
     (None: not one this module can restore) and where each key's last entry is."""
 
-    __slots__ = ("path", "entries", "parts", "_at")
+    __slots__ = ("path", "entries", "parts", "_at", "damaged", "recovered")
 
     def __init__(self, path: str, entries: list[Entry], parts: list[list[Any] | None]):
         self.path = path
         self.entries = entries
         self.parts = parts
         self._at: dict[str, int] | None = None
+        self.damaged = False  # entries were dropped from it at start-up
+        self.recovered = 0  # of those, taken back from the journal's last flush
 
     def write(self, key: str, value: float, ts: float) -> bool:
         """What a journal write does to the file: a new value for its key, or a new entry;
@@ -201,7 +203,13 @@ class SeriesWriter:
                 # Mostly the files hold them already (the flush was not cut short): not rewritten.
                 if st is None or st.write(key, v, ts):
                     self._file(name).write_value(key, v, ts)
+                    if st is not None and st.damaged:
+                        st.recovered += 1
             self.journal_state = journal.get("state")
+            for st in stored.values():
+                if st.recovered:
+                    log.warning("metric file %s: %d series taken back from the journal (its last "
+                                "flush wrote them)", st.path, st.recovered)
         for name in unread:
             path = os.path.join(self.directory, name)
             checked = self._check_file(path, now, again=True)
@@ -382,6 +390,7 @@ class SeriesWriter:
         checked = _Stored(path, good, parts)
         if not problems:
             return checked
+        checked.damaged = True
         aside = _move_aside(path, copy=True)
         rewrite_file(path, good)
         kind = FAULT_ENTRY if good else FAULT_FILE

@@ -144,3 +144,25 @@ def test_a_metric_file_that_cannot_be_read_is_moved_aside_and_reported_once_each
     w2.flush()  # a new histogram file in its place
     w2.close()
     assert os.path.isfile(tmp_path / "m" / "histogram_w.db")
+
+
+@pytest.mark.parametrize("in_last_flush", [True, False])
+def test_a_zeroed_metric_file_takes_back_what_the_journals_last_flush_wrote(tmp_path, caplog,
+                                                                           in_last_flush):
+    w = writer(tmp_path)
+    w.inc(C.PREDICTIONS, ("m", "v", "success"), 5)
+    w.flush({"pos": 1})
+    if not in_last_flush:  # a later flush that wrote something else
+        w.inc(C.PREDICTIONS, ("m", "v", "error"), 1)
+        w.flush({"pos": 2})
+    w.close()
+    path = tmp_path / "m" / "counter_w.db"
+    path.write_bytes(b"\0" * path.stat().st_size)
+    w2 = writer(tmp_path)
+    assert [k for k, _m in w2.faults] == ["metric_file_corrupt"]
+    success = w2.values.get((C.PREDICTIONS, ("m", "v", "success")))
+    assert success == (5 if in_last_flush else None)
+    assert "1 series taken back from the journal" in caplog.text  # success, or else error
+    w2.close()
+    s = parse(MetricsReader([str(tmp_path / "m")]).render())
+    assert total(s, "ml_predictions_total") == (5 if in_last_flush else 1)

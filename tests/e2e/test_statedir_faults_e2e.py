@@ -39,6 +39,14 @@ def counter_file(state: str) -> str:
     return path
 
 
+def in_last_flush(state: str, metric: str) -> bool:
+    """Did the journal's last record write ``metric``? Start-up applies that record's writes
+    again (the flush may have been cut short), so such a series is taken back whole."""
+    with open(journal_of(state), "rb") as fh:
+        last = orjson.loads(fh.read().splitlines()[-1])
+    return any(key.startswith('["' + metric + '"') for _name, key, _v, _ts in last["writes"])
+
+
 def faults(sc, kind: str) -> float:
     return total(sc.scrape(), "mlsidecar_state_faults_total", kind=kind)
 
@@ -183,22 +191,25 @@ def corrupt_flipped_double(path):
     open(path, "wb").write(data)
 
 
-@pytest.mark.parametrize("damage,kind,predictions", [
-    (corrupt_key, "metric_entry_corrupt", 10),
-    (corrupt_zeroed, "metric_file_corrupt", 10),
-    (corrupt_flipped_double, "metric_entry_corrupt", 10),
+@pytest.mark.parametrize("damage,kind", [
+    (corrupt_key, "metric_entry_corrupt"),
+    (corrupt_zeroed, "metric_file_corrupt"),
+    (corrupt_flipped_double, "metric_entry_corrupt"),
 ], ids=["key_not_json", "zeroed", "flipped_double"])
 def test_a_corrupt_metric_file_is_moved_aside_logged_and_counted(tmp_path, sidecar_factory, damage,
-                                                                 kind, predictions):
+                                                                 kind):
     log, state = counted_then_stopped(sidecar_factory, tmp_path)
     path = counter_file(state)
+    recovered = in_last_flush(state, "ml_predictions")
     damage(path)
     sc = restart_and_add(sidecar_factory, log, state, 1000)
-    # The damaged series start again from zero; the positions are intact, so no line is re-read.
-    s = settle(sc, "ml_predictions_total", predictions)
+    # The damaged series start again from zero, unless the journal's last flush wrote them; the
+    # positions are intact, so no line is re-read.
+    s = settle(sc, "ml_predictions_total", 1010 if recovered else 10)
     assert total(s, "mlsidecar_state_faults_total", kind=kind) == 1
     assert os.path.exists(path + ".corrupt")
     assert "the file as found is kept in" in sc.log()
+    assert not recovered or "taken back from the journal" in sc.log()
     if damage is not corrupt_zeroed:  # the other series of the file were kept
         assert total(s, "mlsidecar_events_total") == 1010
 
