@@ -8,11 +8,12 @@ many times it was counted:
 * a writer thread appends numbered lines in batches of 1-200, opening the path for each batch;
 * a rotator thread runs ``logrotate -f`` every 0.2-1 s (``create``, ``dateext`` or
   ``delaycompress``, ``rotate 1000``);
-* the tailer reads; at random moments it "flushes" (the positions are saved and the lines read
-  since the last flush are counted), and at random moments it is "killed" (dropped without a
-  flush: the lines read since the last flush are forgotten, as a SIGKILL forgets them) and
-  started again from the saved positions, sometimes after a pause long enough for rotations
-  while it is down.
+* the tailer reads; at random moments it "flushes" (the positions that changed are merged into a
+  journal as the tail worker's journal merges them, through JSON, and the lines read since the
+  last flush are counted), and at random moments it is "killed" (dropped without a flush: the
+  lines read since the last flush are forgotten, as a SIGKILL forgets them) and started again
+  from the journal, after a pause as long as the daemon's restart (``--down``), sometimes at once
+  (a burst of kills).
 
 At the end it prints the lines counted twice and those never counted, as ranges, and the
 tailer's log (``tail.log`` in the run's directory, with one line per read: file, inode, offset,
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,7 +73,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run's directory even when exact")
     ap.add_argument("--watch", choices=("poll", "inotify"), default="inotify",
                     help="as the daemon: inotify wakes and names the files written, a look every second")
+    ap.add_argument("--down", default="1.5,2.5", metavar="MIN,MAX",
+                    help="seconds down between a kill and the start, as long as the daemon's restart "
+                    "(one kill in five restarts at once)")
     args = ap.parse_args()
+    down_min, down_max = (float(x) for x in args.down.split(","))
     if not os.path.exists(LOGROTATE):
         print("logrotate is not installed (apt-get install logrotate)", file=sys.stderr)
         return 2
@@ -108,9 +115,20 @@ def main() -> int:
     for th in threads:
         th.start()
     counted: dict[int, int] = {}
-    saved: dict | None = None
+    journal: dict[str, dict] = {}  # the positions, as the tail worker's journal keeps them
     saved_at = 0.0
     starts = 0
+
+    def flush(t: Tailer) -> float:
+        for key, pos in t.position_changes().items():
+            if pos is None:
+                journal.pop(key, None)
+            else:
+                journal.setdefault(key, {}).update(orjson.loads(orjson.dumps(pos)))
+        return t.listed_at
+
+    def restored() -> dict:
+        return orjson.loads(orjson.dumps(journal))
 
     last_look = [0.0]
 
@@ -133,25 +151,25 @@ def main() -> int:
     while time.monotonic() < deadline:
         starts += 1
         log.info("=== start %d", starts)
-        t = Tailer([path], positions=saved, saved_at=saved_at, watch=args.watch)
+        t = Tailer([path], positions=restored(), saved_at=saved_at, watch=args.watch)
         pending: list[int] = []
         for _ in range(rng.randint(0, 40)):
             read_all(t, pending)
             t.retire_quiet(time.monotonic(), 5.0)
             if rng.random() < 0.3:  # a flush: the lines read so far are counted with their positions
-                saved, saved_at = t.positions(), t.listed_at
+                saved_at = flush(t)
                 for s in pending:
                     counted[s] = counted.get(s, 0) + 1
                 pending = []
             time.sleep(rng.uniform(0, 0.1))
         t.stop()  # killed: what was read since the last flush is forgotten
         log.info("=== killed %d", starts)
-        if rng.random() < 0.5:
-            time.sleep(rng.uniform(0, 1.5))  # down long enough for rotations
+        if rng.random() < 0.8:
+            time.sleep(rng.uniform(down_min, down_max))  # down as long as a restart takes
     stop.set()
     for th in threads:
         th.join(5)
-    t = Tailer([path], positions=saved, saved_at=saved_at, watch=args.watch)
+    t = Tailer([path], positions=restored(), saved_at=saved_at, watch=args.watch)
     last: list[int] = []
     for _ in range(40):  # the rest, until nothing more comes
         before = len(last)
