@@ -40,6 +40,8 @@ class FakeClock(Clock):
         self.wall += seconds
         self.mono += seconds
 
+    sleep = advance
+
 
 class Inode:
     def __init__(self, ino: int, data: bytes, mtime: float) -> None:
@@ -65,15 +67,18 @@ class Entry:
 
 
 class MemFS(FileSystem):
-    """Names -> inodes -> bytes, descriptors on inodes, one device. ``before(call, path, fn)``
-    runs ``fn`` once just before the next ``call`` on ``path`` (an error to raise, a rename)."""
+    """Names -> inodes -> bytes, descriptors on inodes, one device; a directory's mtime moves
+    with every create, rename and unlink in it. ``before(call, path, fn)`` runs ``fn`` once just
+    before the next ``call`` on ``path`` (an error to raise, a rename); ``after`` just after."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.names: dict[str, Inode] = {}
         self.fds: dict[int, Inode] = {}
+        self.dir_mtimes: dict[str, float] = {}
         self._next_ino, self._next_fd = 100, 1000
         self._hooks: list[tuple[str, str, Callable[[], None]]] = []
+        self._after: list[tuple[str, str, Callable[[], None]]] = []
 
     # what the workload and logrotate do
     def write(self, path: str, data: bytes) -> None:
@@ -81,11 +86,15 @@ class MemFS(FileSystem):
         node.data += data
         node.mtime = self.clock.wall
 
+    def _changed(self, path: str) -> None:
+        self.dir_mtimes[os.path.dirname(path)] = self.clock.wall
+
     def create(self, path: str, ino: int | None = None) -> Inode:
         if ino is None:
             self._next_ino += 1
             ino = self._next_ino
         node = self.names[path] = Inode(ino, b"", self.clock.wall)
+        self._changed(path)
         return node
 
     def rewrite(self, path: str, data: bytes) -> None:
@@ -96,9 +105,12 @@ class MemFS(FileSystem):
 
     def rename(self, src: str, dst: str) -> None:
         self.names[dst] = self.names.pop(src)
+        self._changed(src)
+        self._changed(dst)
 
     def unlink(self, path: str) -> None:
         del self.names[path]
+        self._changed(path)
 
     def copy(self, src: str, dst: str) -> None:
         self.create(dst).data += self.names[src].data
@@ -111,10 +123,14 @@ class MemFS(FileSystem):
     def before(self, call: str, path: str, fn: Callable[[], None]) -> None:
         self._hooks.append((call, path, fn))
 
-    def _hook(self, call: str, path: str) -> None:
-        for h in self._hooks:
+    def after(self, call: str, path: str, fn: Callable[[], None]) -> None:
+        self._after.append((call, path, fn))
+
+    def _hook(self, call: str, path: str, hooks: list | None = None) -> None:
+        hooks = self._hooks if hooks is None else hooks
+        for h in hooks:
             if h[:2] == (call, path):
-                self._hooks.remove(h)
+                hooks.remove(h)
                 h[2]()
                 return
 
@@ -142,6 +158,10 @@ class MemFS(FileSystem):
 
     def stat(self, path: str) -> os.stat_result:
         self._hook("stat", path)
+        if path in self.dir_mtimes:
+            m = self.dir_mtimes[path]
+            return os.stat_result((stat.S_IFDIR | 0o755, 1, 1, 2, 0, 0, 4096, int(m), int(m), int(m)),
+                                  {"st_atime": m, "st_mtime": m, "st_ctime": m, "st_mtime_ns": int(m * 1e9)})
         return self._node(path).stat()
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
@@ -158,6 +178,7 @@ class MemFS(FileSystem):
     def scandir(self, path: str) -> Iterator[list[Entry]]:
         self._hook("scandir", path)
         yield [Entry(p, n) for p, n in sorted(self.names.items()) if os.path.dirname(p) == path]
+        self._hook("scandir", path, self._after)
 
     def lexists(self, path: str) -> bool:
         return path in self.names
@@ -481,6 +502,38 @@ def test_a_saved_file_a_listing_missed_is_finished_from_its_position(listings: i
     assert sorted(got) == list(range(100, 110)) + list(range(200, 210)), got
     if listings == 1:
         assert gaps == []  # found by the copy search, as the file itself
+
+
+def _renamed_during_listings(fs: MemFS, name: str, listings: int) -> None:
+    """logrotate renames ``name`` while each of the next ``listings`` directory listings is
+    read, and the listing misses it (renamed from a place not read yet to one already passed):
+    out of the directory before the listing, back after it. The directory's mtime moves."""
+    hidden = "/elsewhere/" + os.path.basename(name)
+    for _ in range(listings):
+        fs.before("scandir", os.path.dirname(name), lambda: fs.rename(name, hidden))
+        fs.after("scandir", os.path.dirname(name), lambda: fs.rename(hidden, name))
+
+
+def test_an_unseen_generation_a_listing_missed_while_logrotate_renamed_is_read() -> None:
+    """Two rotations while stopped leave a generation never seen at ``.1``; the restart's listings
+    are made while logrotate renames, and miss it. The directory's mtime moved during each: the
+    restart lists again until a listing nothing changed during, and reads the generation."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(100)))
+    assert drain(t) == list(range(100))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))  # B, rotated away unseen
+    clock.advance(5)
+    shift_up(fs, lines(range(300, 310)))
+    _renamed_during_listings(fs, LOG + ".1", 3)
+    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+               on_gap=lambda p, r: gaps.append((p, r)))
+    got = drain(t)
+    assert sorted(got) == list(range(200, 210)) + list(range(300, 310)), got
+    assert gaps == []
 
 
 def test_the_file_logrotate_moves_aside_as_a_backup_is_read() -> None:

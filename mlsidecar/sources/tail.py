@@ -180,11 +180,12 @@ class FileSystem(Protocol):
 
 
 class Clock(Protocol):
-    """Wall time (compared with file mtimes) and monotonic time (idle spans): the real ones
-    are the module ``time``."""
+    """Wall time (compared with file mtimes), monotonic time (idle spans) and a short wait
+    (for a directory to settle): the real ones are the module ``time``."""
 
     def time(self) -> float: ...
     def monotonic(self) -> float: ...
+    def sleep(self, seconds: float, /) -> None: ...
 
 
 REAL_FILES: FileSystem = osfs
@@ -223,6 +224,8 @@ MISSING_LOOK = 60.0  # a path rotated away and not created again yet is looked a
 MAX_COMPRESSED_TRIES = 32  # compressed siblings decompressed at most, looking for one copy
 COPY_LOOK = 30.0  # seconds a copy is looked for again while logrotate keeps renaming siblings
 MAX_UNSEEN_LOOKS = 50  # scans that look again at siblings that kept moving while looked at
+DIR_TICK = 0.02  # a directory's mtime comes from a clock this coarse, at worst (HZ=100 is 10 ms)
+LISTING_TRIES = 50  # listings of a directory that kept changing while listed, DIR_TICK apart
 BOM = b"\xef\xbb\xbf"
 DECOMPRESS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
@@ -1141,29 +1144,63 @@ class Tailer:
         directory, base = os.path.split(path)
         found = []
         try:
-            with self.fs.scandir(directory or ".") as it:
-                for entry in it:
-                    name = entry.name
-                    if (name.startswith(base + ".") or name.startswith(base + "-")) \
-                            and not name.endswith(NOT_GENERATIONS) and entry.is_file(follow_symlinks=False):
-                        found.append((entry.stat(follow_symlinks=False), entry.path))
+            for entry in self._listing(directory or "."):
+                name = entry.name
+                if (name.startswith(base + ".") or name.startswith(base + "-")) \
+                        and not name.endswith(NOT_GENERATIONS) and entry.is_file(follow_symlinks=False):
+                    found.append((entry.stat(follow_symlinks=False), entry.path))
         except OSError:
             return []
         return found
 
     def _find_inode(self, directory: str, dev: int, ino: int) -> str | None:
         try:
-            with self.fs.scandir(directory) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if (st.st_dev, st.st_ino) == (dev, ino) and entry.is_file(follow_symlinks=False):
-                        return entry.path
+            entries = self._listing(directory)
         except OSError:
-            pass
+            return None
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino) and entry.is_file(follow_symlinks=False):
+                return entry.path
         return None
+
+    def _listing(self, directory: str) -> list[os.DirEntry[str]]:
+        """The entries of ``directory`` from a listing that nothing changed during.
+
+        A listing made while logrotate shifts ``.N.gz`` to ``.N+1.gz`` can miss a name (renamed
+        from a place the listing had not reached to one it had passed), and a generation missed
+        here is never looked for again. Any rename, create or unlink sets the directory's mtime,
+        so a listing is taken when the mtime is the same before and after it and older than the
+        clock's tick; else listed again a tick later, LISTING_TRIES times at most.
+        """
+        entries: list[os.DirEntry[str]] = []
+        last = None  # the mtime after the previous listing
+        for _try in range(LISTING_TRIES):
+            started = self.clock.time()
+            try:
+                before = self.fs.stat(directory).st_mtime_ns
+            except OSError:
+                before = None
+            with self.fs.scandir(directory) as it:
+                entries = list(it)
+            if before is None:
+                return entries  # cannot tell: as listed
+            try:
+                after = self.fs.stat(directory).st_mtime_ns
+            except OSError:
+                return entries
+            # Unchanged, and set before the tick the listing began in (or unchanged for a whole
+            # tick: an mtime ahead of our clock, a server's clock on a network filesystem).
+            if before == after and (started * 1e9 - before > DIR_TICK * 1e9 or before == last):
+                return entries
+            last = after
+            self.clock.sleep(DIR_TICK)
+        log.debug("%s kept changing while listed (%d listings): going on with the last", directory,
+                  LISTING_TRIES)
+        return entries
 
     # --- reading -----------------------------------------------------------------
     def read(self, tf: TailedFile, limit: int = READ_BYTES) -> list[bytes]:
