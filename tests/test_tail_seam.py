@@ -232,6 +232,22 @@ def restart(t: Tailer, fs: MemFS, clock: FakeClock, gaps: list | None = None) ->
                   on_gap=(lambda p, r: gaps.append((p, r))) if gaps is not None else None)
 
 
+def read_then_stopped(n: int) -> tuple[MemFS, FakeClock, list[tuple[str, str]], dict, float]:
+    """A file of ``n`` lines read whole, then a stop: the positions saved and when."""
+    fs, clock, gaps, t = setup()
+    fs.write(LOG, lines(range(n)))
+    assert drain(t) == list(range(n))
+    saved, at = t.positions(), t.listed_at
+    t.stop()
+    return fs, clock, gaps, saved, at
+
+
+def start_again(saved: dict, at: float, fs: MemFS, clock: FakeClock, gaps: list) -> Tailer:
+    """A start from saved positions, its gaps appended to ``gaps``."""
+    return Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
+                  on_gap=lambda p, r: gaps.append((p, r)))
+
+
 # --- rotation -------------------------------------------------------------------------------
 def test_rename_and_create_reads_the_old_file_to_its_end_then_the_new_one() -> None:
     fs, clock, gaps, t = setup()
@@ -388,8 +404,7 @@ def test_a_copy_made_while_stopped_is_found_by_its_content() -> None:
     fs.truncate(LOG)
     fs.write(LOG, lines(range(200, 210)))
     saved, at = t.positions(), t.listed_at
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     assert drain(t) == list(range(100, 120)) + list(range(200, 210))
     assert gaps == []
 
@@ -410,18 +425,13 @@ def test_a_generation_rotated_twice_while_stopped_is_read_whole() -> None:
     fs.rename(LOG + ".1", LOG + ".2")
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(300, 310)))
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     assert drain(t) == list(range(100, 110)) + list(range(200, 210)) + list(range(300, 310))
     assert gaps == []
 
 
 def test_a_sibling_renamed_between_the_listing_and_the_open_is_not_passed_over() -> None:
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(100)))  # generation A, read up to 100
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(100)  # generation A, read up to 100
     clock.advance(5)
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(200, 210)))  # B
@@ -433,8 +443,7 @@ def test_a_sibling_renamed_between_the_listing_and_the_open_is_not_passed_over()
         shift_up(fs, lines(range(400, 410)))  # D
 
     fs.before("open", LOG + ".1", logrotate)
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     assert drain(t) == list(range(200, 210)) + list(range(300, 310)) + list(range(400, 410))
     assert gaps == []
 
@@ -443,11 +452,7 @@ def test_a_saved_file_shifted_up_between_its_lookup_and_its_open_is_finished_onc
     """logrotate renames .1 -> .2 -> .3 while a restart finds the file it was reading by its
     inode and opens it: the name then holds the next generation. The file is looked up again,
     finished from its position, and never read from 0 as an unseen generation."""
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(100)))  # generation A, read up to 100
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(100)  # generation A, read up to 100
     fs.write(LOG, lines(range(100, 110)))  # written to A after the stop
     clock.advance(5)
     fs.rename(LOG, LOG + ".1")
@@ -460,8 +465,7 @@ def test_a_saved_file_shifted_up_between_its_lookup_and_its_open_is_finished_onc
         shift_up(fs, lines(range(400, 410)))  # D
 
     fs.before("open", LOG + ".2", logrotate)
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     got = drain(t)
     assert sorted(got) == list(range(100, 110)) + list(range(200, 210)) + list(range(300, 310)) \
         + list(range(400, 410)), got
@@ -486,18 +490,13 @@ def _missed_by_listings(fs: MemFS, name: str, listings: int) -> None:
 def test_a_saved_file_a_listing_missed_is_finished_from_its_position(listings: int) -> None:
     """The restart's lookup by inode (and then its search for a copy) does not see the file it
     was reading: the next look that sees it goes on from the saved position, never from 0."""
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(100)))
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(100)
     fs.write(LOG, lines(range(100, 110)))
     clock.advance(5)
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(200, 210)))
     _missed_by_listings(fs, LOG + ".1", listings)
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     got = drain(t)
     assert sorted(got) == list(range(100, 110)) + list(range(200, 210)), got
     if listings == 1:
@@ -518,19 +517,14 @@ def test_an_unseen_generation_a_listing_missed_while_logrotate_renamed_is_read()
     """Two rotations while stopped leave a generation never seen at ``.1``; the restart's listings
     are made while logrotate renames, and miss it. The directory's mtime moved during each: the
     restart lists again until a listing nothing changed during, and reads the generation."""
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(100)))
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(100)
     clock.advance(5)
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(200, 210)))  # B, rotated away unseen
     clock.advance(5)
     shift_up(fs, lines(range(300, 310)))
     _renamed_during_listings(fs, LOG + ".1", 3)
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     got = drain(t)
     assert sorted(got) == list(range(200, 210)) + list(range(300, 310)), got
     assert gaps == []
@@ -555,11 +549,7 @@ def test_the_file_logrotate_moves_aside_as_a_backup_is_read() -> None:
 def test_an_unseen_generation_that_keeps_moving_while_looked_at_is_read_at_a_later_look() -> None:
     """Every open of the unseen generation finds its name moved on (logrotate shifting a
     thousand names takes a while): it is looked at again at the next scans, not passed over."""
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(100)))  # A, read whole
-    assert drain(t) == list(range(100))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(100)  # A, read whole
     clock.advance(1)
     fs.rename(LOG, LOG + ".1")
     fs.write(LOG, lines(range(100, 150)))  # B, never seen
@@ -576,8 +566,7 @@ def test_an_unseen_generation_that_keeps_moving_while_looked_at_is_read_at_a_lat
         return real_open(path, flags, mode)
 
     fs.open = open_moving  # type: ignore[method-assign]
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     assert sorted(drain(t)) == list(range(100, 160))
     assert moving == [0] and gaps == []
 
@@ -625,18 +614,13 @@ def test_emfile_on_open_is_retried_and_loses_nothing() -> None:
 
 
 def test_a_generation_deleted_while_stopped_before_it_was_read_is_a_counted_gap() -> None:
-    fs, clock, gaps, t = setup()
-    fs.write(LOG, lines(range(10)))
-    assert drain(t) == list(range(10))
-    saved, at = t.positions(), t.listed_at
-    t.stop()
+    fs, clock, gaps, saved, at = read_then_stopped(10)
     clock.advance(5)
     fs.write(LOG, lines(range(10, 20)))
     fs.rename(LOG, LOG + ".1")
     fs.unlink(LOG + ".1")
     fs.write(LOG, lines(range(20, 25)))
-    t = Tailer([LOG], positions=saved, saved_at=at, watch="poll", fs=fs, clock=clock,
-               on_gap=lambda p, r: gaps.append((p, r)))
+    t = start_again(saved, at, fs, clock, gaps)
     assert drain(t) == list(range(20, 25))
     assert gaps == [(LOG, GAP_DELETED)]
 
