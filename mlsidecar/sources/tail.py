@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..logs import RateLimitedLog
 from . import osfs
@@ -311,6 +311,16 @@ def same_start(fs: FileSystem, a: int, b: int) -> bool:
     """Do two files start with the same bytes (up to HEAD_BYTES, or the shorter one's size)?"""
     n = min(HEAD_BYTES, fs.fstat(a).st_size, fs.fstat(b).st_size)
     return n > 0 and fs.pread(a, n, 0) == fs.pread(b, n, 0)
+
+
+class Unseen(NamedTuple):
+    """A rotated sibling never had open: a generation to read whole (from ``start``)."""
+
+    mtime: float
+    name: str
+    fd: int | None  # None: it vanished or changed name while looked at (look again)
+    listed: os.stat_result  # as the directory listing found it
+    start: int = 0  # a saved position's offset when it is the very file that position read
 
 
 @dataclass
@@ -1038,7 +1048,8 @@ class Tailer:
                     known.add((st.st_dev, st.st_ino))
                 except FileNotFoundError:
                     pass
-                for _mtime, sibling, fd, orig, start in self._unseen_generations(path, known, since, idents):
+                for gen in self._unseen_generations(path, known, since, idents):
+                    sibling, fd, orig, start = gen.name, gen.fd, gen.listed, gen.start
                     if fd is None:
                         vanished = True
                         continue
@@ -1064,7 +1075,7 @@ class Tailer:
                         "be passed over", ", ".join(paths), looks)
 
     def _unseen_generations(self, path: str, known: set, since: float,
-                            idents: list[Identity]) -> list[tuple[float, str, int | None, os.stat_result, int]]:
+                            idents: list[Identity]) -> list[Unseen]:
         """Rotated siblings written after ``since`` that we never had open, oldest first, each
         with a descriptor on it (None: it vanished or changed name meanwhile; look again).
 
@@ -1075,35 +1086,33 @@ class Tailer:
         position read (its inode, and its bytes at that position) is read on from there: the
         last item of each tuple is where to start.
         """
-        found: list[tuple[float, str, int | None, os.stat_result, int]] = []
+        found: list[Unseen] = []
         for st, p in self._siblings(path):
             if (st.st_dev, st.st_ino) in known or st.st_mtime <= since - MTIME_SLACK:
                 continue
             try:
                 fd = self._open_sibling(p, st)
             except SiblingMoved:
-                found.append((st.st_mtime, p, None, st, 0))
+                found.append(Unseen(st.st_mtime, p, None, st))
                 continue
             if fd is None:
                 if not self.fs.lexists(p):
-                    found.append((st.st_mtime, p, None, st, 0))
+                    found.append(Unseen(st.st_mtime, p, None, st))
                 continue
+            start = 0
             if not p.endswith(COMPRESSED):
                 now = self.fs.fstat(fd)
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):  # renamed over meanwhile
                     self.fs.close(fd)
-                    found.append((st.st_mtime, p, None, st, 0))
+                    found.append(Unseen(st.st_mtime, p, None, st))
                     continue
+                # A file a saved position read, missed by the lookups (a directory listing can
+                # miss a name renamed while it is read): read on from that position.
                 try:
                     start = next((i.offset for i in idents if (i.dev, i.ino) == (st.st_dev, st.st_ino)
                                   and i.offset and i.same_file(fd, self.fs)), 0)
                 except OSError:
                     start = 0
-                if start:
-                    # A file a saved position read, missed by the lookups (a directory listing
-                    # can miss a name renamed while it is read): read on from that position.
-                    found.append((st.st_mtime, p, fd, st, start))
-                    continue
             else:
                 try:
                     copy = any(tf.holds_start_of(fd) for tf in self.readable()) \
@@ -1113,13 +1122,13 @@ class Tailer:
                 if copy:
                     self.fs.close(fd)
                     continue
-            found.append((st.st_mtime, p, fd, st, 0))
+            found.append(Unseen(st.st_mtime, p, fd, st, start))
         # logrotate compressing ``.1`` into ``.1.gz`` has both for a moment: the plain one is
         # the generation (the compressed one may be half written), read once.
-        plain = [fd for _, name, fd, _, _ in found if fd is not None and not name.endswith(COMPRESSED)]
+        plain = [g.fd for g in found if g.fd is not None and not g.name.endswith(COMPRESSED)]
         for g in list(found):
-            gz = g[2]
-            if gz is None or not g[1].endswith(COMPRESSED):
+            gz = g.fd
+            if gz is None or not g.name.endswith(COMPRESSED):
                 continue
             try:
                 copy = any(same_start(self.fs, gz, fd) for fd in plain)
@@ -1128,7 +1137,7 @@ class Tailer:
             if copy:
                 self.fs.close(gz)
                 found.remove(g)
-        found.sort(key=lambda x: x[0])
+        found.sort(key=lambda g: g.mtime)
         return found
 
     def _retire(self, tf: TailedFile, path: str) -> None:
