@@ -214,6 +214,13 @@ def shift_up(fs: MemFS, new: bytes) -> None:
     fs.write(LOG, new)
 
 
+def copy_truncate(fs: MemFS, new: bytes) -> None:
+    """logrotate's copytruncate to .1, and the lines written after the truncate."""
+    fs.copy(LOG, LOG + ".1")
+    fs.truncate(LOG)
+    fs.write(LOG, new)
+
+
 def setup(patterns: list[str] | None = None, **kw: object) -> tuple[MemFS, FakeClock, list[tuple[str, str]], Tailer]:
     clock = FakeClock()
     fs = MemFS(clock)
@@ -273,9 +280,7 @@ def test_copytruncate_finishes_the_unread_lines_from_the_copy() -> None:
     assert drain(t) == list(range(100))
     fs.write(LOG, lines(range(100, 150)))  # not read yet when logrotate copies
     clock.advance(1)
-    fs.copy(LOG, LOG + ".1")
-    fs.truncate(LOG)
-    fs.write(LOG, lines(range(200, 230)))
+    copy_truncate(fs, lines(range(200, 230)))
     assert sorted(drain(t)) == list(range(100, 150)) + list(range(200, 230))
     assert drain(t) == [] and gaps == []
 
@@ -384,9 +389,7 @@ def test_the_copy_is_told_from_an_older_shorter_generation_that_starts_alike() -
     assert drain(t) == list(range(100))
     assert line(0)[:64] == line(5000)[:64]
     fs.write(LOG, lines(range(100, 120)))
-    fs.copy(LOG, LOG + ".1")
-    fs.truncate(LOG)
-    fs.write(LOG, lines(range(200, 210)))
+    copy_truncate(fs, lines(range(200, 210)))
     assert drain(t) == list(range(100, 120)) + list(range(200, 210))
     assert gaps == []
 
@@ -400,9 +403,7 @@ def test_a_copy_made_while_stopped_is_found_by_its_content() -> None:
     t = restart(t, fs, clock, gaps)
     t.stop()
     clock.advance(5)
-    fs.copy(LOG, LOG + ".1")  # copytruncate while the sidecar is down
-    fs.truncate(LOG)
-    fs.write(LOG, lines(range(200, 210)))
+    copy_truncate(fs, lines(range(200, 210)))  # copytruncate while the sidecar is down
     saved, at = t.positions(), t.listed_at
     t = start_again(saved, at, fs, clock, gaps)
     assert drain(t) == list(range(100, 120)) + list(range(200, 210))
