@@ -531,6 +531,26 @@ def test_an_unseen_generation_a_listing_missed_while_logrotate_renamed_is_read()
     assert gaps == []
 
 
+def test_a_generation_rotated_away_between_the_restarts_look_and_its_open_is_read() -> None:
+    """The restart looks for generations rotated away while it was down, then opens the path;
+    logrotate rotates in between, so the path holds the next file by the open. The generation it
+    moved away (never seen by any run) is still found among the siblings and read whole."""
+    fs, clock, gaps, saved, at = read_then_stopped(100)
+    clock.advance(5)
+    fs.rename(LOG, LOG + ".1")
+    fs.write(LOG, lines(range(200, 210)))  # B: never seen by any run
+
+    def logrotate() -> None:
+        clock.advance(1)
+        shift_up(fs, lines(range(300, 310)))
+
+    fs.before("open", LOG, logrotate)
+    t = start_again(saved, at, fs, clock, gaps)
+    got = drain(t)
+    assert sorted(got) == list(range(200, 210)) + list(range(300, 310)), got
+    assert gaps == []
+
+
 def test_the_file_logrotate_moves_aside_as_a_backup_is_read() -> None:
     """The workload opened the log by name between logrotate's rename and its create, so the
     path existed again; logrotate moved that file, with its lines, to ``-YYYYMMDDHH.backup``."""

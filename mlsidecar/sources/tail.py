@@ -592,8 +592,7 @@ class Tailer:
             again, self._unseen_again = self._unseen_again, {}
             for path, (at, looks) in sorted(again.items()):
                 self._read_unseen([path], at, looks=looks + 1)
-        if self._saved:
-            self._resume_saved()
+        unseen = self._resume_saved() if self._saved else None
         matched = set(self.matched_paths())
         changed = sorted(self._changed)
         self._changed.clear()
@@ -622,9 +621,6 @@ class Tailer:
                 del self._missing[path]
             else:
                 changed.append(path)
-        if changed:
-            # Rotated twice since the last look: the middle generation was never seen.
-            self._read_unseen(sorted(set(changed)), since)
         self._park_idle()
         at_end, self._start_at_end = self._start_at_end, False
         for path in sorted(matched - set(self.files) - parked_paths):
@@ -636,6 +632,13 @@ class Tailer:
                 self._skip_to_end(opened)
             if opened is not None:
                 self._missing.pop(path, None)
+        # Generations rotated away unseen (while we were down, or twice since the last look) are
+        # looked for once the paths are open again: one that logrotate rotated away between this
+        # look and the open would otherwise be passed over, the path then holding the next file.
+        if unseen is not None:
+            self._read_unseen(*unseen)
+        if changed:
+            self._read_unseen(sorted(set(changed)), since)
         self.listed_at = started
 
     def _skip_to_end(self, tf: TailedFile) -> None:
@@ -683,8 +686,9 @@ class Tailer:
         self.file_changes += 1
         return tf
 
-    def _resume_saved(self) -> None:
-        """Pick up the positions of the last run, including files rotated or copied meanwhile."""
+    def _resume_saved(self) -> tuple[list[str], float, list[Identity]]:
+        """Pick up the positions of the last run, including files rotated or copied meanwhile;
+        the paths rotated meanwhile, since when and the positions, for _read_unseen."""
         saved, self._saved = self._saved, []
         rotated: set[str] = set()
         for ident in saved:
@@ -695,10 +699,10 @@ class Tailer:
                 self.rescan = True
                 continue
             self._resume(ident, rotated)
-        # Generations created and rotated away while we were down were never seen.
-        self._read_unseen(sorted(rotated), self._saved_at, saved)
         now = self.clock.time()
         self._missing.update((p, now) for p in rotated if not self.fs.lexists(p))
+        # Generations created and rotated away while we were down were never seen.
+        return sorted(rotated), self._saved_at, saved
 
     def _resume(self, ident: Identity, rotated: set[str]) -> None:
         """Go on from a position not open now (of the last run, or of a file closed while idle):
