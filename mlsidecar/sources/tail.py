@@ -1155,41 +1155,36 @@ class Tailer:
     def _siblings(self, path: str) -> list[tuple[os.stat_result, str]]:
         """Rotated siblings of a file (``app.jsonl.1``, ``app.jsonl.2.gz``, ``app.jsonl-20261126``)."""
         directory, base = os.path.split(path)
-        found = []
+
+        def sibling(name: str) -> bool:
+            return (name.startswith(base + ".") or name.startswith(base + "-")) \
+                and not name.endswith(NOT_GENERATIONS)
+
         try:
-            for entry in self._listing(directory or "."):
-                name = entry.name
-                if (name.startswith(base + ".") or name.startswith(base + "-")) \
-                        and not name.endswith(NOT_GENERATIONS) and entry.is_file(follow_symlinks=False):
-                    found.append((entry.stat(follow_symlinks=False), entry.path))
+            return self._listing(directory or ".", sibling)
         except OSError:
             return []
-        return found
 
     def _find_inode(self, directory: str, dev: int, ino: int) -> str | None:
         try:
-            entries = self._listing(directory)
+            found = self._listing(directory)
         except OSError:
             return None
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == (dev, ino) and entry.is_file(follow_symlinks=False):
-                return entry.path
-        return None
+        return next((name for st, name in found if (st.st_dev, st.st_ino) == (dev, ino)), None)
 
-    def _listing(self, directory: str) -> list[os.DirEntry[str]]:
-        """The entries of ``directory`` from a listing that nothing changed during.
+    def _listing(self, directory: str, keep: Callable[[str], bool] = lambda name: True
+                 ) -> list[tuple[os.stat_result, str]]:
+        """The regular files of ``directory`` whose names ``keep``, each with its stat, from a
+        listing (and stats) that nothing changed during.
 
         A listing made while logrotate shifts ``.N.gz`` to ``.N+1.gz`` can miss a name (renamed
-        from a place the listing had not reached to one it had passed), and a generation missed
-        here is never looked for again. Any rename, create or unlink sets the directory's mtime,
-        so a listing is taken when the mtime is the same before and after it and older than the
-        clock's tick; else listed again a tick later, LISTING_TRIES times at most.
+        from a place the listing had not reached to one it had passed), and a name listed can be
+        gone by its stat; a generation missed so is never looked for again. Any rename, create
+        or unlink sets the directory's mtime, so the listing is taken when the mtime is the same
+        before and after it and older than the clock's tick, and no name went missing; else it
+        is made again a tick later, LISTING_TRIES times at most.
         """
-        entries: list[os.DirEntry[str]] = []
+        found: list[tuple[os.stat_result, str]] = []
         last = None  # the mtime after the previous listing
         for _try in range(LISTING_TRIES):
             started = self.clock.time()
@@ -1198,22 +1193,33 @@ class Tailer:
             except OSError:
                 before = None
             with self.fs.scandir(directory) as it:
-                entries = list(it)
-            if before is None:
-                return entries  # cannot tell: as listed
+                entries = [entry for entry in it if keep(entry.name)]
+            found, moved = [], False
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.stat(follow_symlinks=False), entry.path))
+                except FileNotFoundError:
+                    moved = True  # renamed since the listing read it
+                except OSError:
+                    continue
             try:
-                after = self.fs.stat(directory).st_mtime_ns
+                after = self.fs.stat(directory).st_mtime_ns if before is not None else None
             except OSError:
-                return entries
+                after = None
+            if before is None or after is None:
+                if not moved:
+                    return found  # cannot tell: as listed
             # Unchanged, and set before the tick the listing began in (or unchanged for a whole
             # tick: an mtime ahead of our clock, a server's clock on a network filesystem).
-            if before == after and (started * 1e9 - before > DIR_TICK * 1e9 or before == last):
-                return entries
+            elif not moved and before == after and (started * 1e9 - before > DIR_TICK * 1e9
+                                                     or before == last):
+                return found
             last = after
             self.clock.sleep(DIR_TICK)
         log.debug("%s kept changing while listed (%d listings): going on with the last", directory,
                   LISTING_TRIES)
-        return entries
+        return found
 
     # --- reading -----------------------------------------------------------------
     def read(self, tf: TailedFile, limit: int = READ_BYTES) -> list[bytes]:
