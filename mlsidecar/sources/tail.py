@@ -1087,8 +1087,8 @@ class Tailer:
         copy (``compress``, or ``delaycompress`` after two rotations), not a new generation.
         logrotate's plain copies (``copytruncate``) are found by _finish_from_copy when the
         truncate is seen, and are open by then. A plain sibling that is the very file a saved
-        position read (its inode, and its bytes at that position) is read on from there: the
-        last item of each tuple is where to start.
+        position read (its inode, and its bytes at that position) is read on from there
+        (``Unseen.start``).
         """
         found: list[Unseen] = []
         for st, p in self._siblings(path):
@@ -1207,13 +1207,12 @@ class Tailer:
                 after = self.fs.stat(directory).st_mtime_ns if before is not None else None
             except OSError:
                 after = None
-            if before is None or after is None:
-                if not moved:
-                    return found  # cannot tell: as listed
             # Unchanged, and set before the tick the listing began in (or unchanged for a whole
-            # tick: an mtime ahead of our clock, a server's clock on a network filesystem).
-            elif not moved and before == after and (started * 1e9 - before > DIR_TICK * 1e9
-                                                     or before == last):
+            # tick: an mtime ahead of our clock, a server's clock on a network filesystem); with
+            # no mtime to tell by, as listed.
+            settled = before is None or after is None or (
+                before == after and (started * 1e9 - before > DIR_TICK * 1e9 or before == last))
+            if settled and not moved:
                 return found
             last = after
             self.clock.sleep(DIR_TICK)
