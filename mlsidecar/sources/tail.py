@@ -614,7 +614,8 @@ class Tailer:
                 self._truncated(tf)
                 changed.append(path)
             tf.size = st.st_size
-        changed += self._look_at_parked(since)
+        parked_rotated, parked_idents = self._look_at_parked()
+        changed += parked_rotated
         parked_paths = {p.ident.path for p in self.parked.values()}
         for path, gone_at in list(self._missing.items()):
             if path in self.files or path in parked_paths or started - gone_at > MISSING_LOOK:
@@ -638,7 +639,7 @@ class Tailer:
         if unseen is not None:
             self._read_unseen(*unseen)
         if changed:
-            self._read_unseen(sorted(set(changed)), since)
+            self._read_unseen(sorted(set(changed)), since, parked_idents)
         self.listed_at = started
 
     def _skip_to_end(self, tf: TailedFile) -> None:
@@ -790,9 +791,11 @@ class Tailer:
         self.parked_total += 1
         self.file_changes += 1
 
-    def _look_at_parked(self, since: float) -> list[str]:
+    def _look_at_parked(self) -> tuple[list[str], list[Identity]]:
         """Reopen the closed files that were written (or moved, or replaced) since they were
-        closed, as many as there is room for; the paths of those rotated away."""
+        closed, as many as there is room for; the paths of those rotated away (their unseen
+        generations are looked for by scan(), after the paths are open again) and the positions
+        reopened."""
         wanted = []
         for key, p in self.parked.items():
             try:
@@ -815,10 +818,9 @@ class Tailer:
             if tf is not None and (tf.dev, tf.ino) == key:
                 tf.lines = p.lines
         if rotated:
-            self._read_unseen(sorted(rotated), since, idents)
             now = self.clock.time()
             self._missing.update((p, now) for p in rotated if not self.fs.lexists(p))
-        return sorted(rotated)
+        return sorted(rotated), idents
 
     def _fd_refused(self, name: str, exc: OSError) -> None:
         self.fd_refused += 1
